@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Both create
+# .venv (Python 3.11+) and install what they need; nothing else is required.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: run test bench venv clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "evsrv needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# compat mode: twistd only sees twisted/plugins/ through a .pth entry
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Runs the server in the foreground; CONFIG=etc/evsrv.ini to use a file,
+# otherwise the embedded default (MI on udp:127.0.0.1:8080).
+run: $(STAMP)
+	$(BIN)/twistd -n --pidfile= evsrv $(if $(CONFIG),-c $(CONFIG))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
+	find . -name dropin.cache -delete

@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The ini file, read and checked apart from building anything: unknown
+sections or keys, bad values and unreadable files are L{ConfigError}s that
+name the file, section and key in one line.
+
+Relative paths are taken from the ini file's directory (from the working
+directory for the embedded default).
+"""
+
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+from evsrv.evi.events import MAX_EVENT_NAME
+
+# Published by the core, in OpenSIPS 3.x order; E_CORE_LOG comes after the
+# events of the ini, as OpenSIPS publishes it after the script's.
+CORE_EVENTS = ("E_CORE_SR_STATUS_CHANGED", "E_CORE_THRESHOLD", "E_CORE_SHM_THRESHOLD",
+               "E_CORE_PKG_THRESHOLD", "E_CORE_PROC_AUTO_SCALE", "E_CORE_TCP_DISCONNECT")
+LATE_CORE_EVENTS = ("E_CORE_LOG",)
+
+BUILTIN_TRANSPORTS = ("udp", "unix")
+
+DEFAULT_INI = """\
+; The embedded default configuration (used when no -c is given).
+[mi]
+udp = 127.0.0.1:8080
+unix = /tmp/evsrv_mi.sock
+
+[transports]
+enabled = udp, unix
+"""
+
+
+class ConfigError(Exception):
+    """
+    A bad configuration; C{str()} is the one line to show.
+    """
+
+    def __init__(self, source, section=None, key=None, message=""):
+        where = str(source)
+        if section is not None:
+            where += f": [{section}]"
+            if key is not None:
+                where += f" {key}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class MIConfig:
+    udp: list = field(default_factory=list)    # [(host, port)]
+    unix: list = field(default_factory=list)   # [Path]
+    unix_mode: int = 0o660
+    max_datagram: int = 65457
+
+
+@dataclass
+class Config:
+    source: str
+    base_dir: Path
+    mi: MIConfig
+    events: list
+    transports: dict      # name -> {key: value}, in the order enabled
+    expiry_interval: float = 1.0
+
+
+def _udp_address(text: str) -> tuple:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {text.strip()!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not isIPv6Address(host):
+            raise ValueError(f"bad IPv6 address {host!r}")
+    elif not isIPAddress(host):
+        raise ValueError(f"bad IPv4 address {host!r} (use [v6] for IPv6)")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad port {port!r}")
+    return host, int(port)
+
+
+def _list(text: str) -> list:
+    return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _octal(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("must be an octal file mode such as 0660")
+    return value
+
+
+def _datagram_size(text: str) -> int:
+    value = int(text)
+    if not 512 <= value <= 65507:
+        raise ValueError("must be between 512 and 65507")
+    return value
+
+
+def _event_name(text: str) -> str:
+    if len(text.encode()) > MAX_EVENT_NAME or not text.replace("_", "a").isalnum():
+        raise ValueError(f"bad event name {text!r} (letters, digits and _, "
+                         f"at most {MAX_EVENT_NAME} bytes)")
+    return text
+
+
+class _Reader:
+    """
+    Pops keys off a parsed ini so that whatever is left over is unknown.
+    """
+
+    def __init__(self, parser, source, base_dir):
+        self.parser = parser
+        self.source = source
+        self.base_dir = base_dir
+        self.unread = {s: set(parser[s]) for s in parser.sections()}
+
+    def error(self, section, key, message):
+        return ConfigError(self.source, section, key, message)
+
+    def get(self, section, key, default, coerce=str):
+        if not self.parser.has_section(section) or key not in self.parser[section]:
+            text = default
+        else:
+            self.unread[section].discard(key)
+            text = self.parser[section][key]
+        if text is None:
+            return None
+        try:
+            return coerce(text.strip())
+        except ValueError as e:
+            raise self.error(section, key, f"bad value {text.strip()!r}: {e}") from None
+
+    def path(self, text: str) -> Path:
+        return (self.base_dir / Path(text).expanduser()).resolve()
+
+    def check_unknown(self, known_sections):
+        for section in self.parser.sections():
+            if section not in known_sections:
+                raise self.error(section, None, "unknown section (known: "
+                                 f"{', '.join(sorted(known_sections))})")
+            left = sorted(self.unread.get(section, ()))
+            if left:
+                raise self.error(section, left[0], "unknown key")
+
+
+def parse_config(text: str, source: str, base_dir: Path, transport_factories: dict) -> Config:
+    """
+    Check and convert ini text.
+
+    @param transport_factories: name -> L{IEventTransportFactory} of every
+        transport plugin found, for C{[transports] enabled} and the
+        C{[transport:NAME]} keys.
+    @raise ConfigError: anything wrong, in one line.
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",),
+                                       default_section="\0none")
+    parser.optionxform = str  # keys are case-sensitive
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError(source, None, None, " ".join(str(e).split())) from None
+    r = _Reader(parser, source, base_dir)
+
+    def addresses(text):
+        return [_udp_address(a) for a in _list(text)]
+
+    mi = MIConfig(
+        udp=r.get("mi", "udp", "", addresses),
+        unix=[r.path(p) for p in r.get("mi", "unix", "", _list)],
+        unix_mode=r.get("mi", "unix_mode", "0660", _octal),
+        max_datagram=r.get("mi", "max_datagram", "65457", _datagram_size),
+    )
+    for path in mi.unix:
+        if len(str(path).encode()) > 107:
+            raise r.error("mi", "unix", f"UNIX socket path longer than 107 bytes: {path}")
+        if not path.parent.is_dir():
+            raise r.error("mi", "unix", f"directory {path.parent} does not exist")
+    events = r.get("events", "publish", "", lambda t: [_event_name(e) for e in _list(t)])
+    expiry_interval = r.get("expiry", "interval", "1.0", _positive_float)
+
+    enabled = r.get("transports", "enabled", ", ".join(BUILTIN_TRANSPORTS), _list)
+    transports = {}
+    for name in enabled:
+        if name not in transport_factories:
+            raise r.error("transports", "enabled", f"unknown transport {name!r} (known: "
+                          f"{', '.join(sorted(transport_factories))})")
+        if name in transports:
+            raise r.error("transports", "enabled", f"transport {name!r} listed twice")
+        section = f"transport:{name}"
+        transports[name] = {
+            key: r.get(section, key, default, coerce)
+            for key, (default, coerce, _help) in transport_factories[name].options.items()}
+    for name, factory in transport_factories.items():
+        # A section of a known transport that is not enabled is still checked.
+        if name not in transports and parser.has_section(f"transport:{name}"):
+            for key, (default, coerce, _help) in factory.options.items():
+                r.get(f"transport:{name}", key, default, coerce)
+    known = {"mi", "events", "expiry", "transports"}
+    known.update(f"transport:{name}" for name in transport_factories)
+    r.check_unknown(known)
+    return Config(source=source, base_dir=base_dir, mi=mi, events=events,
+                  transports=transports, expiry_interval=expiry_interval)
+
+
+def read_config(path, transport_factories: dict) -> Config:
+    """
+    Read an ini file, or the embedded default when C{path} is C{None}.
+
+    @raise ConfigError: unreadable file or bad content.
+    """
+    if path is None:
+        return parse_config(DEFAULT_INI, "<embedded default>", Path.cwd(), transport_factories)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, None, f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    return parse_config(text, str(path), path.resolve().parent, transport_factories)

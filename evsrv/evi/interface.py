@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_evi -*-
+"""
+The Event Interface: events, subscriptions and raising, independent of any
+listener. The MI, the routing script and modules all go through it.
+"""
+
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from evsrv.evi.events import EventTable
+from evsrv.evi.notification import DeliveryReport, Notification
+from evsrv.evi.params import make_params
+from evsrv.evi.subscriptions import SubscriptionStore
+from evsrv.interfaces import BadSocket
+
+MAX_NESTED_RAISES = 100  # as OpenSIPS' MAX_REC_LEV
+
+
+class UnknownEvent(LookupError):
+    """
+    The event name was never published.
+    """
+
+
+class UnknownTransport(BadSocket):
+    """
+    No enabled transport handles the socket's scheme.
+    """
+
+
+class NestingError(RuntimeError):
+    """
+    Raises nested deeper than L{MAX_NESTED_RAISES}.
+    """
+
+
+class EventInterface:
+    """
+    @param clock: C{IReactorTime} provider used for subscription times.
+    @param transports: mapping of scheme to L{IEventTransport}.
+    @param statistics: L{evsrv.statistics.Statistics}.
+    """
+    _log = Logger()
+
+    def __init__(self, clock, transports, statistics):
+        self.clock = clock
+        self.transports = dict(transports)
+        self.events = EventTable()
+        self.store = SubscriptionStore()
+        self.statistics = statistics
+        self._raised = statistics.counter("evi", "events_raised")
+        self._no_subscribers = statistics.counter("evi", "events_without_subscribers")
+        self._expired = statistics.counter("evi", "subscriptions_expired")
+        statistics.gauge("evi", "events", lambda: len(self.events))
+        statistics.gauge("evi", "subscriptions", lambda: self.store.size)
+        self._depth = 0
+
+    # -- events ---------------------------------------------------------
+
+    def publish(self, name: str):
+        """
+        Publish an event (idempotent). @return: the L{Event}.
+        """
+        return self.events.publish(name)
+
+    def event(self, name: str):
+        return self.events.get(name)
+
+    def probe(self, name: str) -> int:
+        """
+        The number of live subscribers of C{name} (0 for an unknown event), so
+        a caller can skip building parameters nobody will receive.
+        """
+        event = self.events.get(name)
+        if event is None or not event.subscriptions:
+            return 0
+        now = self.clock.seconds()
+        return sum(1 for s in event.subscriptions.values() if not s.is_expired(now))
+
+    # -- subscriptions ----------------------------------------------------
+
+    def parse_socket(self, socket: str):
+        """
+        Find the transport of C{socket} and let it parse the rest.
+
+        @return: Deferred firing with C{(transport, destination)}; fails with
+            L{BadSocket} (or L{UnknownTransport}).
+        """
+        if socket.startswith("/"):
+            scheme, rest = "unix", socket  # a bare path means unix (opensips-event does this)
+        else:
+            scheme, sep, rest = socket.partition(":")
+            if not sep:
+                return fail(UnknownTransport(f"no transport prefix in {socket[:80]!r}"))
+        transport = self.transports.get(scheme)
+        if transport is None:
+            return fail(UnknownTransport(
+                f"unknown or disabled transport {scheme[:40]!r} (enabled: "
+                f"{', '.join(sorted(self.transports)) or 'none'})"))
+        d = maybeDeferred(transport.parse, scheme, rest)
+        d.addCallback(lambda destination: (transport, destination))
+        return d
+
+    def subscribe(self, event_name: str, socket: str, expire=None, *, origin="internal"):
+        """
+        Subscribe C{socket} to an event, or refresh its subscription.
+
+        @param expire: seconds. From the MI (C{origin="mi"}) C{0} removes the
+            subscription at once; elsewhere C{None} or C{0} means it never expires.
+        @return: Deferred firing with the L{Subscription} (C{None} after a
+            removal); fails with L{UnknownEvent} or L{BadSocket}.
+        """
+        event = self.events.get(event_name)
+        if event is None:
+            return fail(UnknownEvent(event_name))
+        if expire is not None and expire < 0:
+            return fail(ValueError("negative expire"))
+        d = self.parse_socket(socket)
+
+        def parsed(result):
+            transport, destination = result
+            if expire == 0 and origin == "mi":
+                sub = self.store.find(event, destination.key)
+                if sub is not None:
+                    self.store.remove(sub)
+                    self._log.info("{socket} unsubscribed from {event}",
+                                   socket=sub.socket, event=event.name)
+                return None
+            sub, created = self.store.subscribe(
+                event, destination, transport, expire or None, self.clock.seconds(), origin)
+            if created:
+                self._log.info("{socket} subscribed to {event} (expire {expire})",
+                               socket=sub.socket, event=event.name,
+                               expire=sub.expire if sub.expire is not None else "never")
+            return sub
+        return d.addCallback(parsed)
+
+    def unsubscribe(self, subscription) -> None:
+        self.store.remove(subscription)
+
+    def find_subscriber(self, event_name: str, socket: str):
+        """
+        @return: Deferred firing with the live L{Subscription} of C{socket}, or
+            C{None}; fails with L{UnknownEvent} or L{BadSocket}.
+        """
+        event = self.events.get(event_name)
+        if event is None:
+            return fail(UnknownEvent(event_name))
+        d = self.parse_socket(socket)
+
+        def found(result):
+            sub = self.store.find(event, result[1].key)
+            if sub is None or sub.is_expired(self.clock.seconds()):
+                return None
+            return sub
+        return d.addCallback(found)
+
+    def subscribers(self, event):
+        """
+        Live subscribers of an L{Event}, newest first; expired ones are purged.
+        """
+        if not event.subscriptions:
+            return []
+        now = self.clock.seconds()
+        live = []
+        expired = None
+        for sub in reversed(event.subscriptions.values()):
+            if sub.deadline is not None and sub.deadline <= now:
+                if expired is None:
+                    expired = []
+                expired.append(sub)
+            else:
+                live.append(sub)
+        if expired:
+            for sub in expired:
+                self._expire(sub)
+        return live
+
+    def sweep(self) -> int:
+        """
+        Remove every subscription past its deadline. @return: how many.
+        """
+        return self.store.expire_due(self.clock.seconds(), self._expired_hook)
+
+    def _expired_hook(self, sub):
+        self._expired.value += 1
+        self._log.info("{socket} subscription to {event} expired",
+                       socket=sub.socket, event=sub.event.name)
+
+    def _expire(self, sub):
+        self.store.remove(sub)
+        self._expired_hook(sub)
+
+    # -- raising -----------------------------------------------------------
+
+    def raise_event(self, name: str, params=None) -> Deferred:
+        """
+        Notify every live subscriber of C{name}.
+
+        @param params: anything L{make_params} accepts (a mapping for named
+            parameters, a sequence for unnamed ones, or L{Param} items).
+        @return: Deferred firing with a L{DeliveryReport} once every transport
+            has settled; fails with L{UnknownEvent}, C{TypeError} for bad
+            parameters or L{NestingError}.
+        """
+        event = self.events.get(name)
+        if event is None:
+            return fail(UnknownEvent(name))
+        try:
+            params = params if type(params) is tuple else make_params(params)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        subs = self.subscribers(event)
+        event.raised += 1
+        self._raised.value += 1
+        report = DeliveryReport(name, len(subs))
+        if not subs:
+            self._no_subscribers.value += 1
+            return succeed(report)
+        if self._depth >= MAX_NESTED_RAISES:
+            self._log.error("too many nested raises ({depth}): {event} not sent",
+                            depth=self._depth, event=name)
+            return fail(NestingError(f"more than {MAX_NESTED_RAISES} nested raises"))
+        notification = Notification(name, params, self.clock.seconds())
+        # Group by transport, keeping newest-first order within each.
+        first = subs[0].transport
+        if all(s.transport is first for s in subs):
+            groups = ((first, subs),)
+        else:
+            by_transport = {}
+            for s in subs:
+                by_transport.setdefault(s.transport, []).append(s)
+            groups = by_transport.items()
+        pending = []
+        self._depth += 1
+        try:
+            for transport, group in groups:
+                try:
+                    outcome = transport.deliver(notification, group)
+                except Exception as e:
+                    # A transport bug must not stop the other transports.
+                    self._log.failure("transport {transport} failed to deliver {event}",
+                                      transport=transport.name, event=name)
+                    for s in group:
+                        s.failure(f"internal error: {e}")
+                    report.failed += len(group)
+                    continue
+                if isinstance(outcome, Deferred):
+                    pending.append(outcome)
+                else:
+                    report.add(outcome)
+        finally:
+            self._depth -= 1
+        if not pending:
+            return succeed(report)
+
+        def settled(outcomes):
+            for outcome in outcomes:
+                report.add(outcome)
+            return report
+        return gatherResults(pending, consumeErrors=True).addCallback(settled)

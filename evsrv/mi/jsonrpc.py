@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.test_mi_jsonrpc -*-
+"""
+The OpenSIPS 3.x JSON-RPC 2.0 MI dialect (spec §2.1, §3.2): request parsing
+and reply bytes.
+"""
+
+import json
+
+from evsrv import encoding
+from evsrv.mi.controller import INT32_MAX, INT32_MIN, MIError, Named, clamp
+
+PARSE_ERROR = b"400 Parse_error"
+
+
+class ParseError(ValueError):
+    """
+    The datagram is not JSON at all: answered with plain C{400 Parse_error}.
+    """
+
+
+class JSONObject(list):
+    """
+    A decoded JSON object as its ordered C{(key, value)} pairs, so duplicate
+    keys and case-insensitive lookups behave as in OpenSIPS' cJSON.
+    """
+
+    def get_ci(self, name: str, default=None):
+        """
+        First member whose key equals C{name} case-insensitively.
+        """
+        lowered = name.lower()
+        for key, value in self:
+            if key.lower() == lowered:
+                return value
+        return default
+
+    def has_ci(self, name: str) -> bool:
+        missing = object()
+        return self.get_ci(name, missing) is not missing
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=JSONObject)
+_WHITESPACE = " \t\n\r"
+
+
+def loads(text: str):
+    """
+    Parse the first JSON value of C{text}; trailing bytes are ignored (as cJSON).
+
+    @raise ParseError: not JSON.
+    """
+    try:
+        value, _ = _decoder.raw_decode(text, len(text) - len(text.lstrip(_WHITESPACE)))
+    except (ValueError, RecursionError) as e:
+        raise ParseError(str(e)) from None
+    return value
+
+
+def compact(value) -> str:
+    """
+    Compact JSON text of a decoded value (objects keep their key order).
+    """
+    if isinstance(value, JSONObject):
+        return "{" + ",".join(encoding.dumps(k).decode("utf-8", "surrogateescape") + ":" + compact(v)
+                              for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(compact(v) for v in value) + "]"
+    return encoding.dumps(value).decode("utf-8", "surrogateescape")
+
+
+def plain(value):
+    """
+    A decoded value with objects turned into dicts (first key wins).
+    """
+    if isinstance(value, JSONObject):
+        out = {}
+        for k, v in value:
+            out.setdefault(k, plain(v))
+        return out
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+class Request:
+    """
+    A valid JSON-RPC request. C{is_notification}: it had no C{id} member.
+    """
+    __slots__ = ("id", "is_notification", "method", "params")
+
+    def __init__(self, request_id, is_notification, method, params):
+        self.id = request_id
+        self.is_notification = is_notification
+        self.method = method
+        self.params = params
+
+
+class InvalidRequest(Exception):
+    """
+    JSON, but not a valid request: answered with -32600 and C{id} (or C{null}).
+    """
+
+    def __init__(self, request_id=None):
+        super().__init__(request_id)
+        self.id = request_id
+
+
+def echo_id(value):
+    """
+    The C{id} as OpenSIPS echoes it: numbers as 32-bit integers.
+    """
+    if isinstance(value, float):
+        return clamp(int(value), INT32_MIN, INT32_MAX)
+    if isinstance(value, int):
+        return clamp(value, INT32_MIN, INT32_MAX)
+    return value
+
+
+def decode(data: bytes) -> Request:
+    """
+    @raise ParseError: not JSON.
+    @raise InvalidRequest: not a valid JSON-RPC 2.0 request.
+    """
+    message = loads(data.decode("utf-8", "surrogateescape"))
+    if not isinstance(message, JSONObject):
+        raise InvalidRequest(None)
+    missing = object()
+    request_id = message.get_ci("id", missing)
+    is_notification = request_id is missing
+    if is_notification:
+        request_id = None
+    elif request_id is not None and (isinstance(request_id, (bool, list))
+                                     or not isinstance(request_id, (int, float, str))):
+        raise InvalidRequest(None)
+    request_id = echo_id(request_id)
+    if message.get_ci("jsonrpc") != "2.0":
+        raise InvalidRequest(request_id)
+    method = message.get_ci("method")
+    if not isinstance(method, str):
+        raise InvalidRequest(request_id)
+    params = message.get_ci("params", missing)
+    if params is missing:
+        params = None
+    elif isinstance(params, JSONObject):
+        params = Named(params) if params else None
+    elif isinstance(params, list):
+        params = params or None
+    else:
+        raise InvalidRequest(request_id)
+    return Request(request_id, is_notification, method, params)
+
+
+def result_reply(request: Request, result) -> bytes | None:
+    if request.is_notification:
+        return None
+    return encoding.jsonrpc_result(request.id, result)
+
+
+def error_reply(request_id, error: MIError) -> bytes:
+    return encoding.jsonrpc_error(request_id, error.code, error.message, error.data)
+
+
+def invalid_request_reply(request_id) -> bytes:
+    return encoding.jsonrpc_error(request_id, -32600, "Invalid Request")

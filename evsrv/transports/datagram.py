@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.test_datagram_transport -*-
+"""
+The C{udp:} and C{unix:} transports (OpenSIPS event_datagram, spec §4.1).
+
+Every subscriber of a transport receives from one socket, so always from the
+same source address (§9 D14). Sends go straight to a non-blocking socket:
+
+ - a slow receiver whose buffer is full (EAGAIN/ENOBUFS) loses that
+   notification, counted as dropped; the reactor never waits;
+ - a UNIX path with no socket, or a socket nobody reads from any more
+   (ENOENT, ECONNREFUSED), counts as failed for that subscriber;
+ - UDP is fire-and-forget: a closed UDP port is not reported (the kernel does
+   not report ICMP errors on an unconnected socket), as with OpenSIPS;
+ - a payload too large for one datagram (EMSGSIZE) counts as failed.
+
+Twisted's own UNIX datagram port drops silently on EAGAIN, which is why the
+sockets here are plain non-blocking sockets that are only written to.
+"""
+
+import errno
+import os
+import socket
+
+from twisted.application.service import Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from evsrv.evi.notification import Outcome
+from evsrv.evi.subscriptions import Destination
+from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.transports import TransportCounters
+
+_TRANSIENT = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+SEND_BUFFER = 4 * 1024 * 1024
+
+
+def parse_port(text: str, socket_text: str) -> int:
+    if not text.isdigit() or len(text) > 5:
+        raise BadSocket(f"bad port {text[:20]!r} in {socket_text[:120]!r}")
+    port = int(text)
+    if not 1 <= port <= 65535:  # OpenSIPS takes it modulo 65536 (§9 D19)
+        raise BadSocket(f"port {port} out of range 1-65535 in {socket_text[:120]!r}")
+    return port
+
+
+def split_host_port(scheme: str, rest: str):
+    """
+    Split C{host:port} at the first colon (as OpenSIPS), or C{[v6]:port}.
+    """
+    text = f"{scheme}:{rest}"
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+        if not sep or not isIPv6Address(host):
+            raise BadSocket(f"bad IPv6 address in {text[:120]!r}")
+        return f"[{host}]", host, parse_port(port, text)
+    host, sep, port = rest.partition(":")
+    if not sep or not host:
+        raise BadSocket(f"expected {scheme}:HOST:PORT, got {text[:120]!r}")
+    if any(c.isspace() for c in host):
+        raise BadSocket(f"bad host in {text[:120]!r}")
+    return host, host, parse_port(port, text)
+
+
+class _DatagramSender(Service):
+    """
+    Shared send loop of both datagram transports.
+    """
+    _log = Logger()
+    schemes = ()
+
+    def __init__(self, name, fmt, statistics):
+        self.name = name
+        self.format = fmt
+        self.counters = TransportCounters(statistics, name)
+        self._sockets = {}
+
+    def _socket(self, family):
+        # Opened on first use: an enabled transport costs nothing until
+        # something subscribes to it.
+        sock = self._sockets.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            except OSError:
+                pass
+            self._bind(sock, family)
+            self._sockets[family] = sock
+        return sock
+
+    def _bind(self, sock, family):
+        pass
+
+    def stopService(self):
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        return super().stopService()
+
+    def deliver(self, notification, subscriptions):
+        payload = notification.payload(self.format)
+        outcome = Outcome()
+        errors = outcome.errors
+        sent = 0
+        for sub in subscriptions:
+            family, address = sub.destination.address
+            try:
+                self._socket(family).sendto(payload, address)
+            except OSError as e:
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                if e.errno in _TRANSIENT:
+                    sub.drop(reason)
+                    outcome.dropped += 1
+                else:
+                    sub.failure(reason)
+                    outcome.failed += 1
+                errors.append((sub.socket, reason))
+                self._log.debug("{transport}: send to {socket} failed: {reason}",
+                                transport=self.name, socket=sub.socket, reason=reason)
+            else:
+                sub.sent += 1
+                sent += 1
+        outcome.delivered = sent
+        self.counters.sent.value += sent
+        self.counters.failed.value += outcome.failed
+        self.counters.dropped.value += outcome.dropped
+        return outcome
+
+
+@implementer(IEventTransport)
+class UDPTransport(_DatagramSender):
+    """
+    C{udp:HOST:PORT}; HOST may be an IPv4 address, C{[IPv6]} or a name
+    resolved once, at subscribe time.
+    """
+    schemes = ("udp",)
+
+    def __init__(self, name, fmt, statistics, reactor, source_host="", source_port=0):
+        super().__init__(name, fmt, statistics)
+        self.reactor = reactor
+        self.source = (source_host, source_port)
+
+    def _bind(self, sock, family):
+        host, port = self.source
+        if family == socket.AF_INET6:
+            host = "::" if not host or not isIPv6Address(host) else host
+        elif not host or isIPv6Address(host):
+            host = "0.0.0.0"
+        sock.bind((host, port))
+
+    def parse(self, scheme, rest):
+        shown, host, port = split_host_port(scheme, rest)
+        key = ("udp", shown, port)
+        text = f"udp:{shown}:{port}"
+        if isIPAddress(host):
+            return Destination(key, text, (socket.AF_INET, (host, port)))
+        if isIPv6Address(host):
+            return Destination(key, text, (socket.AF_INET6, (host, port)))
+
+        def resolved(ip):
+            return Destination(key, text, (socket.AF_INET, (ip, port)))
+
+        def unresolved(failure):
+            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
+        return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+
+
+@implementer(IEventTransport)
+class UNIXTransport(_DatagramSender):
+    """
+    C{unix:PATH} (also a bare absolute path): a UNIX datagram socket.
+    """
+    schemes = ("unix",)
+
+    def parse(self, scheme, rest):
+        if not rest or "\0" in rest:
+            raise BadSocket(f"expected unix:PATH, got {('unix:' + rest)[:120]!r}")
+        if len(rest.encode("utf-8", "surrogateescape")) > 107:
+            raise BadSocket(f"UNIX socket path longer than 107 bytes: {rest[:120]!r}")
+        return Destination(("unix", rest), f"unix:{rest}", (socket.AF_UNIX, rest))

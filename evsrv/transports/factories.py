@@ -1,0 +1,57 @@
+"""
+Plugin factories of the built-in transports.
+"""
+
+from zope.interface import implementer
+
+from evsrv.interfaces import IEventTransportFactory
+from evsrv.transports import choice, parse_host_port
+
+
+@implementer(IEventTransportFactory)
+class TransportFactory:
+    """
+    A transport plugin described by data: name, schemes, ini options and a
+    C{build(settings, context)} callable.
+    """
+
+    def __init__(self, name, schemes, options, build, description=""):
+        self.name = name
+        self.schemes = tuple(schemes)
+        self.options = options
+        self._build = build
+        self.description = description
+
+    def build(self, settings, context):
+        return self._build(settings, context)
+
+    def __repr__(self):
+        return f"<TransportFactory {self.name}>"
+
+
+_FORMAT = ("json", choice("json", "text"),
+           "json: JSON-RPC notification (OpenSIPS 3.x); text: the 1.x name::value lines")
+
+
+def _build_udp(settings, context):
+    from evsrv.transports.datagram import UDPTransport
+    host, port = settings["source"]
+    return UDPTransport("udp", settings["format"], context.statistics, context.reactor,
+                        host, port)
+
+
+def _build_unix(settings, context):
+    from evsrv.transports.datagram import UNIXTransport
+    return UNIXTransport("unix", settings["format"], context.statistics)
+
+
+udpTransport = TransportFactory(
+    "udp", ("udp",),
+    {"format": _FORMAT,
+     "source": (":0", parse_host_port,
+                "local address notifications are sent from (HOST:PORT; port 0 = any)")},
+    _build_udp, "UDP datagrams (event_datagram)")
+
+unixTransport = TransportFactory(
+    "unix", ("unix",), {"format": _FORMAT}, _build_unix,
+    "UNIX datagrams (event_datagram)")

@@ -1,0 +1,246 @@
+"""
+Shared fixtures, and trial's discipline for pytest-twisted: a test fails if
+it logs an error it did not expect, or leaves a timer behind.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel, globalLogPublisher
+
+from evsrv.config import parse_config
+from evsrv.server import EvsrvService, transport_factories
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LoggedErrors:
+    """
+    Errors logged through twisted.logger during a test. A test that expects
+    some takes them with L{flush}; any left at teardown fail the test.
+    """
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        if event.get("log_level", LogLevel.info) >= LogLevel.error or event.get("isError"):
+            self.events.append(event)
+
+    def flush(self, exception_type=None):
+        taken = [e for e in self.events if exception_type is None
+                 or (e.get("log_failure") is not None and e["log_failure"].check(exception_type))]
+        self.events = [e for e in self.events if e not in taken]
+        return taken
+
+
+@pytest.fixture(autouse=True)
+def logged_errors():
+    errors = LoggedErrors()
+    globalLogPublisher.addObserver(errors)
+    yield errors
+    globalLogPublisher.removeObserver(errors)
+    if errors.events:
+        from twisted.logger import formatEvent
+        texts = [formatEvent(e) + ("\n" + e["log_failure"].getTraceback()
+                                   if e.get("log_failure") else "") for e in errors.events]
+        pytest.fail("errors were logged:\n" + "\n".join(texts))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_timers():
+    before = set(reactor.getDelayedCalls())
+    yield
+    leaked = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
+    for call in leaked:
+        call.cancel()
+    assert not leaked, f"timers left behind: {leaked}"
+
+
+@pytest.fixture
+def tmpdir_short():
+    """
+    A short temporary directory (UNIX socket paths are limited to 107 bytes).
+    """
+    path = Path(tempfile.mkdtemp(prefix="evsrv-t-"))
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def make_config(text: str, base_dir: Path):
+    return parse_config(text, "<test>", base_dir, transport_factories())
+
+
+BASE_INI = """\
+[mi]
+udp = 127.0.0.1:0
+unix = mi.sock
+[events]
+publish = E_TEST, E_OTHER
+"""
+
+
+@pytest.fixture
+def server_factory(tmpdir_short):
+    """
+    Start in-process servers (in the test's reactor) from ini text; each is
+    stopped, its ports closed, at teardown.
+    """
+    started = []
+
+    def start(text=BASE_INI):
+        service = EvsrvService(make_config(text, tmpdir_short), reactor)
+        service.listen()
+        service.startService()
+        started.append(service)
+        return service
+    yield start
+    for service in started:
+        pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def server(server_factory):
+    return server_factory()
+
+
+class ServerProcess:
+    """
+    A real evsrv started with C{python -m twisted evsrv -c FILE} (the C{twist}
+    runner), its MI address read from its log.
+    """
+
+    def __init__(self, ini: Path, runner="twist"):
+        self.ini = ini
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        if runner == "twist":
+            argv = [sys.executable, "-m", "twisted", "--log-format=text", "evsrv", "-c", str(ini)]
+        else:
+            argv = [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=",
+                    "evsrv", "-c", str(ini)]
+        self.log_path = ini.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=str(ini.parent))
+        self.udp = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
+            if match and "started:" in text:
+                self.udp = (match.group(1), int(match.group(2)))
+                break
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if self.udp is None:
+            self.stop()
+            raise RuntimeError("evsrv did not start:\n" + self.log_path.read_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def server_process(tmpdir_short):
+    """
+    Start a real evsrv process from ini text (MI on udp:127.0.0.1:0 unless
+    the text says otherwise); stopped at teardown.
+    """
+    running = []
+
+    def start(text=BASE_INI, runner="twist"):
+        ini = tmpdir_short / f"evsrv{len(running)}.ini"
+        ini.write_text(text)
+        proc = ServerProcess(ini, runner)
+        running.append(proc)
+        return proc
+    yield start
+    for proc in running:
+        proc.stop()
+
+
+def udp_receiver():
+    """
+    A plain UDP socket on an ephemeral loopback port, with a timeout.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    return sock
+
+
+class DatagramCollector(DatagramProtocol):
+    """
+    Receives datagrams in the test's reactor; C{next()} is a Deferred for
+    the next one (with a timeout, so a missing datagram fails, never hangs).
+    """
+    noisy = False
+
+    def __init__(self):
+        self.received = []
+        self._waiters = []
+
+    def datagramReceived(self, data, addr):
+        if self._waiters:
+            self._waiters.pop(0).callback((data, addr))
+        else:
+            self.received.append((data, addr))
+
+    def next(self, timeout=5.0):
+        if self.received:
+            return succeed(self.received.pop(0))
+        d = Deferred()
+        self._waiters.append(d)
+        return d.addTimeout(timeout, reactor)
+
+    def request(self, data: bytes, addr, timeout=5.0):
+        """
+        Send C{data} to C{addr} and wait for the next datagram back.
+        """
+        self.transport.write(data, addr)
+        return self.next(timeout)
+
+
+@pytest.fixture
+def udp_collector():
+    """
+    Factory of L{DatagramCollector}s on ephemeral loopback UDP ports
+    (C{collector.address} is C{(host, port)}); all closed at teardown.
+    """
+    ports = []
+
+    def make():
+        collector = DatagramCollector()
+        port = reactor.listenUDP(0, collector, interface="127.0.0.1", maxPacketSize=65536)
+        collector.address = ("127.0.0.1", port.getHost().port)
+        ports.append(port)
+        return collector
+    yield make
+    for port in ports:
+        pytest_twisted.blockon(maybeDeferred(port.stopListening))

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+evsrv = ServiceMaker("evsrv", "evsrv.tap", "OpenSIPS-compatible event notification server.", "evsrv")
