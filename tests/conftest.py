@@ -130,8 +130,8 @@ class ServerProcess:
         if runner == "twist":
             argv = [sys.executable, "-m", "twisted", "--log-format=text", "evsrv", "-c", str(ini)]
         else:
-            argv = [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=",
-                    "evsrv", "-c", str(ini)]
+            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                    "-n", "--pidfile=", "evsrv", "-c", str(ini)]
         self.log_path = ini.with_suffix(".log")
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,

@@ -1,0 +1,87 @@
+"""
+The ini file: defaults, relative paths and one-line errors.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from evsrv.config import ConfigError, read_config
+from evsrv.server import transport_factories
+
+
+def load(tmp_path, text):
+    ini = tmp_path / "evsrv.ini"
+    ini.write_text(text)
+    return read_config(ini, transport_factories())
+
+
+def test_embedded_default():
+    config = read_config(None, transport_factories())
+    assert config.mi.udp == [("127.0.0.1", 8080)]
+    assert config.mi.unix == [Path("/tmp/evsrv_mi.sock")]
+    assert list(config.transports) == ["udp", "unix"]
+
+
+def test_shipped_ini_is_valid():
+    config = read_config(Path(__file__).parent.parent / "etc" / "evsrv.ini", transport_factories())
+    assert config.mi.udp == [("127.0.0.1", 8080)]
+
+
+def test_values_and_relative_paths(tmp_path):
+    (tmp_path / "run").mkdir()
+    config = load(tmp_path, """
+[mi]
+udp = 127.0.0.1:0, [::1]:9000   ; two listeners
+unix = run/mi.sock
+unix_mode = 0600
+[events]
+publish = E_A, E_B
+[transports]
+enabled = udp
+[transport:udp]
+format = text
+[transport:unix]
+format = json
+[expiry]
+interval = 0.5
+""")
+    assert config.mi.udp == [("127.0.0.1", 0), ("::1", 9000)]
+    assert config.mi.unix == [(tmp_path / "run" / "mi.sock").resolve()]
+    assert config.mi.unix_mode == 0o600
+    assert config.events == ["E_A", "E_B"]
+    assert config.transports == {"udp": {"format": "text", "source": ("", 0)}}
+    assert config.expiry_interval == 0.5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[nope]\n", "evsrv.ini: [nope]: unknown section"),
+    ("[mi]\nudpp = 1\n", "evsrv.ini: [mi] udpp: unknown key"),
+    ("[mi]\nudp = 127.0.0.1:99999\n", "evsrv.ini: [mi] udp: bad value '127.0.0.1:99999': bad port"),
+    ("[mi]\nudp = localhost:80\n", "evsrv.ini: [mi] udp: bad value 'localhost:80': bad IPv4"),
+    ("[mi]\nunix = /no/such/dir/mi.sock\n", "evsrv.ini: [mi] unix: directory /no/such/dir does not exist"),
+    ("[mi]\nunix_mode = 999\n", "evsrv.ini: [mi] unix_mode: bad value '999'"),
+    ("[transports]\nenabled = udp, carrier-pigeon\n",
+     "evsrv.ini: [transports] enabled: unknown transport 'carrier-pigeon' (known: "),
+    ("[transport:udp]\nformat = xml\n", "evsrv.ini: [transport:udp] format: bad value 'xml': must be one of json, text"),
+    ("[transport:udp]\ncolour = red\n", "evsrv.ini: [transport:udp] colour: unknown key"),
+    ("[transports]\nenabled = unix\n[transport:udp]\nformat = xml\n",
+     "evsrv.ini: [transport:udp] format: bad value"),
+    ("[events]\npublish = E_OK, bad name\n", "evsrv.ini: [events] publish: bad value"),
+    ("[expiry]\ninterval = 0\n", "evsrv.ini: [expiry] interval: bad value '0': must be a positive"),
+    ("[mi]\nudp = 127.0.0.1:1\nudp = 127.0.0.1:2\n", "evsrv.ini: While reading from"),
+    ("no section header\n", "evsrv.ini: File contains no section headers."),
+])
+def test_errors_name_file_section_and_key_in_one_line(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, text)
+    line = str(e.value)
+    assert "\n" not in line
+    assert line.startswith(str(tmp_path / "evsrv.ini"))
+    assert message in line, line
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        read_config(tmp_path / "missing.ini", transport_factories())
+    assert str(e.value) == f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"
