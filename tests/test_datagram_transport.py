@@ -168,3 +168,25 @@ def test_text_format():
     finally:
         r.close()
         udp.stopService()
+
+
+def test_udp_closed_port_is_counted_against_the_right_subscriber(datagram_evi):
+    live = udp_receiver()
+    dead = udp_receiver()
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    try:
+        result_of(datagram_evi.subscribe("E_TEST", "udp:127.0.0.1:%d" % dead_port))
+        result_of(datagram_evi.subscribe("E_TEST", "udp:127.0.0.1:%d" % live.getsockname()[1]))
+        for n in range(5):
+            result_of(datagram_evi.raise_event("E_TEST", {"n": n}))
+            # the live subscriber gets every notification, never blamed
+            assert live.recv(200) == b'{"jsonrpc":"2.0","method":"E_TEST","params":{"n":%d}}' % n
+        subs = datagram_evi.event("E_TEST").subscriptions
+        dead_sub = subs[("udp", "127.0.0.1", dead_port)]
+        live_sub = subs[("udp", "127.0.0.1", live.getsockname()[1])]
+        assert (live_sub.sent, live_sub.failed) == (5, 0)
+        # each refusal is learnt at a later send; the last may still be in flight
+        assert dead_sub.failed >= 4 and dead_sub.last_error.startswith("Connection refused")
+    finally:
+        live.close()

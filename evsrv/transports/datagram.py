@@ -9,8 +9,11 @@ same source address (§9 D14). Sends go straight to a non-blocking socket:
    notification, counted as dropped; the reactor never waits;
  - a UNIX path with no socket, or a socket nobody reads from any more
    (ENOENT, ECONNREFUSED), counts as failed for that subscriber;
- - UDP is fire-and-forget: a closed UDP port is not reported (the kernel does
-   not report ICMP errors on an unconnected socket), as with OpenSIPS;
+ - a closed UDP port (ICMP port unreachable) counts as failed for the
+   subscriber at that address: the UDP socket asks for ICMP errors
+   (IP_RECVERR); the kernel reports one as ECONNREFUSED on the next send,
+   which is then retried after the error queue has been read to learn which
+   destination refused (so an error is never blamed on the wrong subscriber);
  - a payload too large for one datagram (EMSGSIZE) counts as failed.
 
 Twisted's own UNIX datagram port drops silently on EAGAIN, which is why the
@@ -33,6 +36,10 @@ from evsrv.transports import TransportCounters
 
 _TRANSIENT = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 SEND_BUFFER = 4 * 1024 * 1024
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+REFUSED = "Connection refused (ICMP port unreachable)"
+MAX_REFUSED_ADDRESSES = 4096
 
 
 def parse_port(text: str, socket_text: str) -> int:
@@ -74,6 +81,7 @@ class _DatagramSender(Service):
         self.format = fmt
         self.counters = TransportCounters(statistics, name)
         self._sockets = {}
+        self._refused = {}  # destination address -> refusals not yet counted
 
     def _socket(self, family):
         # Opened on first use: an enabled transport costs nothing until
@@ -102,34 +110,77 @@ class _DatagramSender(Service):
     def deliver(self, notification, subscriptions):
         payload = notification.payload(self.format)
         outcome = Outcome()
-        errors = outcome.errors
         sent = 0
+        refused = self._refused
         for sub in subscriptions:
             family, address = sub.destination.address
+            if refused and address in refused:
+                self._refused_earlier(sub, address)
             try:
                 self._socket(family).sendto(payload, address)
             except OSError as e:
-                reason = os.strerror(e.errno) if e.errno else str(e)
-                if e.errno in _TRANSIENT:
-                    sub.drop(reason)
-                    outcome.dropped += 1
-                else:
-                    sub.failure(reason)
-                    outcome.failed += 1
-                errors.append((sub.socket, reason))
-                self._log.debug("{transport}: send to {socket} failed: {reason}",
-                                transport=self.name, socket=sub.socket, reason=reason)
-            else:
-                sub.sent += 1
-                sent += 1
+                if not self._send_failed(e, family, sub, payload, address, outcome):
+                    continue
+            sub.sent += 1
+            sent += 1
         outcome.delivered = sent
         self.counters.sent.value += sent
         self.counters.failed.value += outcome.failed
         self.counters.dropped.value += outcome.dropped
         return outcome
 
+    def _send_failed(self, error, family, sub, payload, address, outcome) -> bool:
+        """
+        Count a failed send, or recover from a UDP refusal report.
 
-@implementer(IEventTransport)
+        @return: whether the datagram went out after all.
+        """
+        if error.errno == errno.ECONNREFUSED and family != socket.AF_UNIX:
+            # On UDP this reports an ICMP error caused by an EARLIER datagram:
+            # learn which destinations refused, then send this one again.
+            self._learn_refusals(self._sockets[family])
+            if address in self._refused:
+                self._refused_earlier(sub, address)
+            try:
+                self._sockets[family].sendto(payload, address)
+                return True
+            except OSError as again:
+                error = again
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        if error.errno in _TRANSIENT:
+            sub.drop(reason)
+            outcome.dropped += 1
+        else:
+            sub.failure(reason)
+            outcome.failed += 1
+        outcome.errors.append((sub.socket, reason))
+        self._log.debug("{transport}: send to {socket} failed: {reason}",
+                        transport=self.name, socket=sub.socket, reason=reason)
+        return False
+
+    def _learn_refusals(self, sock):
+        """
+        Read the socket's error queue (IP_RECVERR): each entry names the
+        destination of a datagram that was refused.
+        """
+        while True:
+            try:
+                _, _, _, origin = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:
+                return  # queue empty (EAGAIN) or not supported
+            if origin and len(self._refused) < MAX_REFUSED_ADDRESSES:
+                key = tuple(origin[:2])
+                self._refused[key] = self._refused.get(key, 0) + 1
+
+    def _refused_earlier(self, sub, address):
+        # An earlier notification to this subscriber was refused: count it
+        # against the subscriber now (this raise's datagram is still sent).
+        count = self._refused.pop(address)
+        sub.failed += count
+        sub.last_error = REFUSED
+        self.counters.failed.value += count
+
+
 class UDPTransport(_DatagramSender):
     """
     C{udp:HOST:PORT}; HOST may be an IPv4 address, C{[IPv6]} or a name
@@ -143,6 +194,13 @@ class UDPTransport(_DatagramSender):
         self.source = (source_host, source_port)
 
     def _bind(self, sock, family):
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        except OSError:
+            pass  # not Linux: closed ports simply go unnoticed
         host, port = self.source
         if family == socket.AF_INET6:
             host = "::" if not host or not isIPv6Address(host) else host
