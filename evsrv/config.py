@@ -77,7 +77,7 @@ def _udp_address(text: str) -> tuple:
             raise ValueError(f"bad IPv6 address {host!r}")
     elif not isIPAddress(host):
         raise ValueError(f"bad IPv4 address {host!r} (use [v6] for IPv6)")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"bad port {port!r}")
     return host, int(port)
 

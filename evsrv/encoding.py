@@ -9,6 +9,7 @@ in, like OpenSIPS copying raw bytes.
 
 import json
 
+from evsrv._wire import from_bytes, to_bytes  # noqa: F401 (re-exported)
 from evsrv.evi.params import Params
 
 # Compact JSON with the escaping OpenSIPS' cJSON uses: only '"', '\\' and
@@ -22,7 +23,7 @@ def dumps(value) -> bytes:
     """
     Serialize a JSON value as compact cJSON-style bytes.
     """
-    return _encode(value).encode("utf-8", "surrogateescape")
+    return to_bytes(_encode(value))
 
 
 def _params_text(params: Params) -> str:
@@ -49,7 +50,7 @@ def json_notification(event: str, params: Params, method: str | None = None,
     text = head + _encode(method if method is not None else event)
     if params:
         text += ',"params":' + _params_text(params)
-    return (text + "}").encode("utf-8", "surrogateescape")
+    return to_bytes(text + "}")
 
 
 def jsonrpc24_notification(event: str, params: Params, method: str | None = None) -> bytes:
@@ -59,7 +60,7 @@ def jsonrpc24_notification(event: str, params: Params, method: str | None = None
     """
     text = '{"id":null,"jsonrpc":"2.0","method":' + _encode(method if method is not None else event)
     text += ',"params":' + (_params_text(params) if params else "{}")
-    return (text + "}").encode("utf-8", "surrogateescape")
+    return to_bytes(text + "}")
 
 
 def _text_value(value) -> str:
@@ -84,7 +85,7 @@ def text_notification(event: str, params: Params, terminator: bool = True) -> by
     text = "\n".join(lines)
     if terminator:
         text += "\n\n"
-    return text.encode("utf-8", "surrogateescape")
+    return to_bytes(text)
 
 
 def jsonrpc_result(request_id, result) -> bytes:

@@ -4,6 +4,7 @@ The events table: names with dense numeric ids in publication order (spec §1.1)
 """
 
 from twisted.logger import Logger
+from evsrv._wire import to_bytes
 
 MAX_EVENT_NAME = 64
 
@@ -45,7 +46,7 @@ class EventTable:
             return event
         if not isinstance(name, str) or not name:
             raise ValueError("an event name must be a non-empty string")
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_EVENT_NAME:
+        if len(to_bytes(name)) > MAX_EVENT_NAME:
             raise ValueError(f"event name longer than {MAX_EVENT_NAME} bytes: {name[:80]!r}")
         event = Event(name, len(self._by_id))
         self._by_name[name] = event

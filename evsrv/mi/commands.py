@@ -15,7 +15,7 @@ from evsrv.evi import UnknownEvent
 from evsrv.evi.params import INT64_MAX, INT64_MIN, Param
 from evsrv.interfaces import BadSocket
 from evsrv.mi import jsonrpc
-from evsrv.mi.controller import Command, MIError, Named, bad_type, clamp, invalid_params
+from evsrv.mi.controller import Command, MIError, Named, clamp, invalid_params
 
 _log = Logger(namespace="evsrv.mi.commands")
 
@@ -115,14 +115,14 @@ class EVICommands:
                 if subs:
                     listed.append(_event_json(event, subs, now))
             return {"Events": listed}
-        name = call.string("event")
+        name = call.string("event", nonempty=False)
         event = evi.event(name)
         if event is None:
             raise MIError(404, "Event not published")
         if not call.has("socket"):
             subs = evi.subscribers(event)
             return {"Event": _event_json(event, subs, evi.clock.seconds()) if subs else {}}
-        d = evi.find_subscriber(name, call.string("socket"))
+        d = evi.find_subscriber(name, call.string("socket", nonempty=False))
 
         def found(sub):
             if sub is None:
@@ -185,7 +185,7 @@ class EVICommands:
 
 def _number_text(value) -> str:
     if isinstance(value, float) and not value.is_integer():
-        return repr(value)
+        return repr(value)  # also 'inf' for 1e400
     return str(int(value))
 
 
@@ -229,7 +229,7 @@ def _named(pairs) -> tuple:
         if isinstance(value, str):
             params.append(Param(key, value))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            params.append(Param(key, clamp(int(value), INT64_MIN, INT64_MAX)))
+            params.append(Param(key, clamp(value, INT64_MIN, INT64_MAX)))
         else:
             params.append(Param(key, jsonrpc.compact(value)))
     return tuple(params)

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+_UNSIGNED = re.compile(r"[0-9]+\Z")  # 1.x text ints are unsigned decimals (str2int)
 
 
 class MIError(Exception):
@@ -39,8 +40,16 @@ def bad_type(name: str) -> MIError:
     return invalid_params(f"Bad type for parameter '{name}'", (400, "Bad parameter"))
 
 
-def clamp(value: int, low: int, high: int) -> int:
-    return low if value < low else high if value > high else value
+def clamp(value, low: int, high: int) -> int:
+    """
+    A JSON number as an integer the way cJSON's C{valueint} is: truncated
+    toward zero and clamped (also for infinities, e.g. C{1e400}).
+    """
+    if value >= high:
+        return high
+    if value <= low:
+        return low
+    return int(value)
 
 
 class Call:
@@ -68,7 +77,7 @@ class Call:
                 raise bad_type(name)
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(int(value))
+            return str(clamp(value, INT32_MIN, INT32_MAX))
         raise bad_type(name)
 
     def int(self, name: str) -> int:
@@ -76,8 +85,9 @@ class Call:
         if isinstance(value, bool):
             raise bad_type(name)
         if isinstance(value, (int, float)):
-            return clamp(int(value), INT32_MIN, INT32_MAX)
-        if isinstance(value, str) and _DECIMAL.match(value):
+            return clamp(value, INT32_MIN, INT32_MAX)
+        pattern = _UNSIGNED if self.dialect == "text" else _DECIMAL
+        if isinstance(value, str) and pattern.match(value):
             number = int(value)
             if INT32_MIN <= number <= INT32_MAX:
                 return number

@@ -71,16 +71,19 @@ class MIDispatcher:
     # -- 1.x text -------------------------------------------------------------------
 
     def _text(self, data):
-        try:
-            request = text.decode(data)
-        except text.TextParseError:
-            self._parse_errors.value += 1
-            return succeed(text.PARSE_ERROR)
+        request = text.decode(data)
         if request is None:
             self._parse_errors.value += 1
             return succeed(text.NOT_AVAILABLE)
         command = self.controller.lookup(request.method)
-        d = self.controller.execute(request.method, request.args, "text")
+        args = None
+        if command is not None and not command.text_no_input:
+            try:
+                args = request.arguments()
+            except text.TextParseError:
+                self._parse_errors.value += 1
+                return succeed(text.PARSE_ERROR)
+        d = self.controller.execute(request.method, args, "text")
         return d.addCallbacks(self._text_result, self._text_error,
                               callbackArgs=(command,))
 

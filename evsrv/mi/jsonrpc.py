@@ -7,6 +7,7 @@ and reply bytes.
 import json
 
 from evsrv import encoding
+from evsrv._wire import from_bytes
 from evsrv.mi.controller import INT32_MAX, INT32_MIN, MIError, Named, clamp
 
 PARSE_ERROR = b"400 Parse_error"
@@ -39,7 +40,11 @@ class JSONObject(list):
         return self.get_ci(name, missing) is not missing
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=JSONObject)
+def _no_constants(name):
+    raise ValueError(f"{name} is not JSON")  # Python accepts NaN/Infinity, cJSON does not
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=JSONObject, parse_constant=_no_constants)
 _WHITESPACE = " \t\n\r"
 
 
@@ -56,16 +61,40 @@ def loads(text: str):
     return value
 
 
+class _Token(str):
+    """
+    Punctuation already in its final form, on L{compact}'s stack.
+    """
+
+
 def compact(value) -> str:
     """
     Compact JSON text of a decoded value (objects keep their key order).
+    Iterative, so any depth the parser accepted can be written back.
     """
-    if isinstance(value, JSONObject):
-        return "{" + ",".join(encoding.dumps(k).decode("utf-8", "surrogateescape") + ":" + compact(v)
-                              for k, v in value) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(compact(v) for v in value) + "]"
-    return encoding.dumps(value).decode("utf-8", "surrogateescape")
+    out = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Token:
+            out.append(item)
+        elif isinstance(item, JSONObject):
+            stack.append(_Token("}"))
+            for i in range(len(item) - 1, -1, -1):
+                key, member = item[i]
+                stack.append(member)
+                stack.append(_Token(("," if i else "") + from_bytes(encoding.dumps(key)) + ":"))
+            stack.append(_Token("{"))
+        elif isinstance(item, list):
+            stack.append(_Token("]"))
+            for i in range(len(item) - 1, -1, -1):
+                stack.append(item[i])
+                if i:
+                    stack.append(_Token(","))
+            stack.append(_Token("["))
+        else:
+            out.append(from_bytes(encoding.dumps(item)))
+    return "".join(out)
 
 
 def plain(value):
@@ -109,9 +138,7 @@ def echo_id(value):
     """
     The C{id} as OpenSIPS echoes it: numbers as 32-bit integers.
     """
-    if isinstance(value, float):
-        return clamp(int(value), INT32_MIN, INT32_MAX)
-    if isinstance(value, int):
+    if isinstance(value, (int, float)):
         return clamp(value, INT32_MIN, INT32_MAX)
     return value
 
@@ -121,7 +148,7 @@ def decode(data: bytes) -> Request:
     @raise ParseError: not JSON.
     @raise InvalidRequest: not a valid JSON-RPC 2.0 request.
     """
-    message = loads(data.decode("utf-8", "surrogateescape"))
+    message = loads(from_bytes(data))
     if not isinstance(message, JSONObject):
         raise InvalidRequest(None)
     missing = object()

@@ -8,6 +8,7 @@ C{<code> <reason>\\n} and node lines, with no trailing empty line.
 import re
 
 from evsrv.mi.controller import MIError
+from evsrv._wire import from_bytes, to_bytes
 
 NOT_AVAILABLE = b"500 command not available\n"
 PARSE_ERROR = b"400 parse_error\n"
@@ -23,26 +24,36 @@ class TextParseError(ValueError):
 
 
 class TextRequest:
-    __slots__ = ("method", "args")
+    """
+    A 1.x request; its arguments are parsed only once the command is known
+    (an unknown command is "not available" whatever follows it).
+    """
+    __slots__ = ("method", "_text", "_start")
 
-    def __init__(self, method, args):
+    def __init__(self, method, text, start):
         self.method = method
-        self.args = args
+        self._text = text
+        self._start = start
+
+    def arguments(self) -> list:
+        """
+        @raise TextParseError: a malformed argument.
+        """
+        return _arguments(self._text, self._start)
 
 
 def decode(data: bytes) -> TextRequest | None:
     """
-    Parse a 1.x request.
+    Parse the command line of a 1.x request.
 
     @return: the request, or C{None} when the command line is malformed
         (answered C{500 command not available}).
-    @raise TextParseError: a malformed argument (answered C{400 parse_error}).
     """
-    text = data.decode("utf-8", "surrogateescape")
+    text = from_bytes(data)
     end = text.find(":", 1)
     if not text.startswith(":") or end < 0 or text[end + 1:end + 2] != "\n":
         return None
-    return TextRequest(text[1:end], _arguments(text, end + 2))
+    return TextRequest(text[1:end], text, end + 2)
 
 
 def _arguments(text: str, pos: int) -> list:
@@ -139,9 +150,9 @@ def generic_lines(result, depth: int = 0) -> list:
 def result_reply(command, result) -> bytes:
     render = command.text_lines if command is not None and command.text_lines else generic_lines
     body = "".join(line + "\n" for line in render(result))
-    return ("200 OK\n" + body).encode("utf-8", "surrogateescape")
+    return to_bytes("200 OK\n" + body)
 
 
 def error_reply(error: MIError) -> bytes:
     code, reason = error.legacy
-    return f"{code} {reason}\n".encode("utf-8", "surrogateescape")
+    return to_bytes(f"{code} {reason}\n")

@@ -53,6 +53,6 @@ def parse_host_port(text: str):
     An ini coercer for C{HOST:PORT} (HOST may be empty or C{[v6]}).
     """
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)

@@ -33,6 +33,7 @@ from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
 from evsrv.transports import TransportCounters
+from evsrv._wire import to_bytes
 
 _TRANSIENT = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 SEND_BUFFER = 4 * 1024 * 1024
@@ -43,7 +44,7 @@ MAX_REFUSED_ADDRESSES = 4096
 
 
 def parse_port(text: str, socket_text: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise BadSocket(f"bad port {text[:20]!r} in {socket_text[:120]!r}")
     port = int(text)
     if not 1 <= port <= 65535:  # OpenSIPS takes it modulo 65536 (§9 D19)
@@ -235,6 +236,7 @@ class UNIXTransport(_DatagramSender):
     def parse(self, scheme, rest):
         if not rest or "\0" in rest:
             raise BadSocket(f"expected unix:PATH, got {('unix:' + rest)[:120]!r}")
-        if len(rest.encode("utf-8", "surrogateescape")) > 107:
+        if len(to_bytes(rest)) > 107:
             raise BadSocket(f"UNIX socket path longer than 107 bytes: {rest[:120]!r}")
-        return Destination(("unix", rest), f"unix:{rest}", (socket.AF_UNIX, rest))
+        # bytes: the path leaves exactly as given, whatever its encoding
+        return Destination(("unix", rest), f"unix:{rest}", (socket.AF_UNIX, to_bytes(rest)))
