@@ -77,6 +77,19 @@ class EventInterface:
         now = self.clock.seconds()
         return sum(1 for s in event.subscriptions.values() if not s.is_expired(now))
 
+    def has_subscribers(self, name: str) -> bool:
+        """
+        Whether C{name} has a live subscriber (cheaper than L{probe}).
+        """
+        event = self.events.get(name)
+        if event is None or not event.subscriptions:
+            return False
+        now = self.clock.seconds()
+        for sub in event.subscriptions.values():
+            if sub.deadline is None or sub.deadline > now:
+                return True
+        return False
+
     # -- subscriptions ----------------------------------------------------
 
     def parse_socket(self, socket: str):

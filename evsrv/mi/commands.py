@@ -30,6 +30,10 @@ def _bad_socket(failure, socket, event):
     raise MIError(400, "Bad parameter value", reason, legacy=(400, "Bad parameter"))
 
 
+def _raise_failed(failure, name):
+    _log.failure("raise_event {event} failed", failure, event=name)
+
+
 def _subscriber_json(sub, now):
     if sub.expire is None:
         return {"socket": sub.socket, "expire": "never"}
@@ -155,13 +159,13 @@ class EVICommands:
         name = call.string("event")
         if self.evi.event(name) is None:
             raise MIError(404, "Event not registered")
-        if not self.evi.probe(name):
+        if not self.evi.has_subscribers(name):
             raise MIError(480, "Temporarily Unavailable")
         params = mi_params(call.raw("params")) if call.has("params") else ()
         d = self.evi.raise_event(name, params)
         # The MI answers at once, as OpenSIPS does; the delivery report is
         # for statistics and the log only.
-        d.addErrback(lambda f: _log.failure("raise_event {event} failed", f, event=name))
+        d.addErrback(_raise_failed, name)
         return "OK"
 
     # -- subscribers_stats ---------------------------------------------------------

@@ -25,20 +25,6 @@ class JSONObject(list):
     keys and case-insensitive lookups behave as in OpenSIPS' cJSON.
     """
 
-    def get_ci(self, name: str, default=None):
-        """
-        First member whose key equals C{name} case-insensitively.
-        """
-        lowered = name.lower()
-        for key, value in self:
-            if key.lower() == lowered:
-                return value
-        return default
-
-    def has_ci(self, name: str) -> bool:
-        missing = object()
-        return self.get_ci(name, missing) is not missing
-
 
 def _no_constants(name):
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN/Infinity, cJSON does not
@@ -111,6 +97,9 @@ def plain(value):
     return value
 
 
+_MISSING = object()
+
+
 class Request:
     """
     A valid JSON-RPC request. C{is_notification}: it had no C{id} member.
@@ -151,8 +140,11 @@ def decode(data: bytes) -> Request:
     message = loads(from_bytes(data))
     if not isinstance(message, JSONObject):
         raise InvalidRequest(None)
-    missing = object()
-    request_id = message.get_ci("id", missing)
+    members = {}
+    for key, value in message:  # case-insensitive, first match wins (as cJSON)
+        members.setdefault(key.lower(), value)
+    missing = _MISSING
+    request_id = members.get("id", missing)
     is_notification = request_id is missing
     if is_notification:
         request_id = None
@@ -160,12 +152,12 @@ def decode(data: bytes) -> Request:
                                      or not isinstance(request_id, (int, float, str))):
         raise InvalidRequest(None)
     request_id = echo_id(request_id)
-    if message.get_ci("jsonrpc") != "2.0":
+    if members.get("jsonrpc") != "2.0":
         raise InvalidRequest(request_id)
-    method = message.get_ci("method")
+    method = members.get("method")
     if not isinstance(method, str):
         raise InvalidRequest(request_id)
-    params = message.get_ci("params", missing)
+    params = members.get("params", missing)
     if params is missing:
         params = None
     elif isinstance(params, JSONObject):
