@@ -147,14 +147,23 @@ def timing_pass(sizes=SIZES, window=WINDOW):
     assert evi.store.size == top
 
     clock.advance(EXPIRE + 11)
-    t0 = perf()
-    expired = evi.sweep()
-    sweep_s = (perf() - t0) / 1e9
+    # The sweep removes at most SWEEP_LIMIT per tick: time every tick needed.
+    expired = 0
+    sweep_s = tick_max_s = 0.0
+    while True:
+        t0 = perf()
+        count = evi.sweep()
+        tick_s = (perf() - t0) / 1e9
+        if not count:
+            break
+        expired += count
+        sweep_s += tick_s
+        tick_max_s = max(tick_max_s, tick_s)
     assert expired == top and evi.store.size == 0, (expired, evi.store.size)
     if failed.count:
         raise RuntimeError(f"{failed.count} subscribe calls failed: {failed.last}")
     return {"rates": rates, "full_gcs": full_gcs, "refresh_rate": top / refresh_s,
-            "sweep_s": sweep_s,
+            "sweep_s": sweep_s, "sweep_tick_max_s": tick_max_s,
             "sweep_us_per_sub": sweep_s / top * 1e6}
 
 
@@ -343,6 +352,7 @@ def run_benchmark(passes=3, breakdown=False, verbose=True):
         "refresh_rate": median(r["refresh_rate"] for r in results),
         "sweep_s": median(r["sweep_s"] for r in results),
         "sweep_us_per_sub": median(r["sweep_us_per_sub"] for r in results),
+        "sweep_tick_max_s": median(r["sweep_tick_max_s"] for r in results),
         "bytes_traced": {s: traced[s] for s in mem_sizes},
         "bytes_rss": {s: rss[s] for s in mem_sizes},
         "bytes_mi": {s: via_mi[s] for s in mem_sizes},
@@ -361,7 +371,8 @@ def format_table(res):
         spread = ", ".join(f"{v:,.0f}" for v in res["rates_all"][size])
         row(f"subscribe/s, last 1k of {size // 1000}k (passes: {spread})", f"{r[size]:,.0f}")
     row("refresh (re-subscribe)/s at 100k", f"{res['refresh_rate']:,.0f}")
-    row("expiry sweep of 100k: total (one reactor tick)", f"{res['sweep_s'] * 1e3:,.0f} ms")
+    row("expiry sweep of 100k: total (10k per tick)", f"{res['sweep_s'] * 1e3:,.0f} ms")
+    row("expiry sweep: longest tick", f"{res['sweep_tick_max_s'] * 1e3:,.0f} ms")
     row("expiry sweep: per subscription", f"{res['sweep_us_per_sub']:.2f} us")
     for size in (10_000, 100_000):
         row(f"bytes/subscription at {size // 1000}k, tracemalloc",

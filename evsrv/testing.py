@@ -37,7 +37,7 @@ class RecordingTransport:
     def parse(self, scheme, rest):
         if not rest:
             raise BadSocket(f"{scheme}: empty destination")
-        return Destination((scheme, rest), f"{scheme}:{rest}", rest)
+        return Destination(f"{scheme}:{rest}", rest)
 
     def deliver(self, notification, subscriptions):
         outcome = Outcome()

@@ -63,7 +63,7 @@ def test_raise_report_counts_failures_with_reasons():
     report = result_of(evi.raise_event("E_X"))
     assert (report.delivered, report.failed, report.ok) == (1, 1, False)
     assert report.errors == [("test:bad", "refused by test")]
-    sub = evi.event("E_X").subscriptions[("test", "bad")]
+    sub = evi.event("E_X").subscriptions["test:bad"]
     assert (sub.failed, sub.last_error) == (1, "refused by test")
 
 

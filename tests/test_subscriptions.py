@@ -130,7 +130,7 @@ def test_refresh_storm_keeps_one_heap_entry_per_subscription():
     for i in range(1000):
         clock.advance(0.01)
         subscribe(evi, "test:a", 3600)
-    assert evi.store.heap_size() == 1
+    assert evi.store.queue_size() == 1
 
 
 def test_refresh_with_shorter_expire_is_honoured():
@@ -147,7 +147,7 @@ def test_refreshed_entry_is_requeued_not_expired():
     clock.advance(9)
     subscribe(evi, "test:a", 10)
     clock.advance(2)
-    assert evi.sweep() == 0 and evi.store.heap_size() == 1
+    assert evi.sweep() == 0 and evi.store.queue_size() == 1
     clock.advance(8)
     assert evi.sweep() == 1
 
@@ -159,7 +159,7 @@ def test_subscribe_unsubscribe_churn_does_not_grow_the_heap():
         subscribe(evi, f"test:{i}", 3600)
         subscribe(evi, f"test:{i}", 0)
     assert evi.store.size == 1
-    assert evi.store.heap_size() <= 2 * 1 + 1024 + 1
+    assert evi.store.queue_size() <= 2 * 1 + 1024 + 1
 
 
 def test_sweep_cost_is_proportional_to_expired_entries():

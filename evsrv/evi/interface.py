@@ -14,6 +14,7 @@ from evsrv.evi.subscriptions import SubscriptionStore
 from evsrv.interfaces import BadSocket
 
 MAX_NESTED_RAISES = 100  # as OpenSIPS' MAX_REC_LEV
+SWEEP_LIMIT = 10000  # expirations per sweep; more wait for the next tick
 
 
 class UnknownEvent(LookupError):
@@ -189,16 +190,22 @@ class EventInterface:
                 self._expire(sub)
         return live
 
-    def sweep(self) -> int:
+    def sweep(self, limit=SWEEP_LIMIT) -> int:
         """
-        Remove every subscription past its deadline. @return: how many.
+        Remove subscriptions past their deadline, at most C{limit} of them
+        (an expired one never receives meanwhile: raising checks deadlines).
+
+        @return: how many were removed.
         """
-        return self.store.expire_due(self.clock.seconds(), self._expired_hook)
+        removed = self.store.expire_due(self.clock.seconds(), self._expired_hook, limit)
+        if removed:
+            self._log.info("{count} subscription(s) expired", count=removed)
+        return removed
 
     def _expired_hook(self, sub):
+        # Counted, not logged one by one: 100k subscriptions may expire at
+        # once; sweep() logs a summary line.
         self._expired.value += 1
-        self._log.info("{socket} subscription to {event} expired",
-                       socket=sub.socket, event=sub.event.name)
 
     def _expire(self, sub):
         self.store.remove(sub)

@@ -76,6 +76,7 @@ class _DatagramSender(Service):
     """
     _log = Logger()
     schemes = ()
+    learns_refusals = False
 
     def __init__(self, name, fmt, statistics):
         self.name = name
@@ -113,14 +114,15 @@ class _DatagramSender(Service):
         outcome = Outcome()
         sent = 0
         refused = self._refused
+        socket_for = self._socket_for
         for sub in subscriptions:
-            family, address = sub.destination.address
+            address = sub.address
             if refused and address in refused:
                 self._refused_earlier(sub, address)
             try:
-                self._socket(family).sendto(payload, address)
+                socket_for(address).sendto(payload, address)
             except OSError as e:
-                if not self._send_failed(e, family, sub, payload, address, outcome):
+                if not self._send_failed(e, sub, payload, address, outcome):
                     continue
             sub.sent += 1
             sent += 1
@@ -130,20 +132,21 @@ class _DatagramSender(Service):
         self.counters.dropped.value += outcome.dropped
         return outcome
 
-    def _send_failed(self, error, family, sub, payload, address, outcome) -> bool:
+    def _send_failed(self, error, sub, payload, address, outcome) -> bool:
         """
         Count a failed send, or recover from a UDP refusal report.
 
         @return: whether the datagram went out after all.
         """
-        if error.errno == errno.ECONNREFUSED and family != socket.AF_UNIX:
+        if error.errno == errno.ECONNREFUSED and self.learns_refusals:
             # On UDP this reports an ICMP error caused by an EARLIER datagram:
             # learn which destinations refused, then send this one again.
-            self._learn_refusals(self._sockets[family])
+            sock = self._socket_for(address)
+            self._learn_refusals(sock)
             if address in self._refused:
                 self._refused_earlier(sub, address)
             try:
-                self._sockets[family].sendto(payload, address)
+                sock.sendto(payload, address)
                 return True
             except OSError as again:
                 error = again
@@ -177,8 +180,7 @@ class _DatagramSender(Service):
         # An earlier notification to this subscriber was refused: count it
         # against the subscriber now (this raise's datagram is still sent).
         count = self._refused.pop(address)
-        sub.failed += count
-        sub.last_error = REFUSED
+        sub.failure(REFUSED, count)
         self.counters.failed.value += count
 
 
@@ -188,6 +190,7 @@ class UDPTransport(_DatagramSender):
     resolved once, at subscribe time.
     """
     schemes = ("udp",)
+    learns_refusals = True
 
     def __init__(self, name, fmt, statistics, reactor, source_host="", source_port=0):
         super().__init__(name, fmt, statistics)
@@ -209,21 +212,29 @@ class UDPTransport(_DatagramSender):
             host = "0.0.0.0"
         sock.bind((host, port))
 
+    def _socket_for(self, address):
+        return self._socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+
     def parse(self, scheme, rest):
+        # The key (host as written, port) doubles as the send address for an
+        # IPv4 literal: one tuple per subscription instead of three objects.
         shown, host, port = split_host_port(scheme, rest)
-        key = ("udp", shown, port)
-        text = f"udp:{shown}:{port}"
+        key = (shown, port)
         if isIPAddress(host):
-            return Destination(key, text, (socket.AF_INET, (host, port)))
+            return Destination(key, key)
         if isIPv6Address(host):
-            return Destination(key, text, (socket.AF_INET6, (host, port)))
+            return Destination(key, (host, port))
 
         def resolved(ip):
-            return Destination(key, text, (socket.AF_INET, (ip, port)))
+            return Destination(key, (ip, port))
 
         def unresolved(failure):
             raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
         return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+
+    @staticmethod
+    def describe(key) -> str:
+        return f"udp:{key[0]}:{key[1]}"
 
 
 @implementer(IEventTransport)
@@ -239,4 +250,7 @@ class UNIXTransport(_DatagramSender):
         if len(to_bytes(rest)) > 107:
             raise BadSocket(f"UNIX socket path longer than 107 bytes: {rest[:120]!r}")
         # bytes: the path leaves exactly as given, whatever its encoding
-        return Destination(("unix", rest), f"unix:{rest}", (socket.AF_UNIX, to_bytes(rest)))
+        return Destination(f"unix:{rest}", to_bytes(rest))
+
+    def _socket_for(self, address):
+        return self._socket(socket.AF_UNIX)
