@@ -60,13 +60,18 @@ def logged_errors():
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_timers():
+def no_leaked_timers_or_ports():
     before = set(reactor.getDelayedCalls())
+    readers = set(reactor.getReaders())
     yield
     leaked = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
     for call in leaked:
         call.cancel()
     assert not leaked, f"timers left behind: {leaked}"
+    # (the reactor adds its own signal wakers lazily)
+    ports = [r for r in reactor.getReaders()
+             if r not in readers and not type(r).__name__.endswith("Waker")]
+    assert not ports, f"listening ports left behind: {ports}"
 
 
 @pytest.fixture
