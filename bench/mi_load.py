@@ -30,18 +30,22 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
+
+from common import interrupt_on_sigterm  # noqa: E402
+
+from evsrv.testing import ServerProcess  # noqa: E402
+
 EVENT = "E_BENCH"
 WINDOW = 64
 RCVBUF = 4 * 1024 * 1024
@@ -234,54 +238,21 @@ def _die_with_parent():
         pass
 
 
-class Server:
+class Server(ServerProcess):
     """
-    A real evsrv process on a temporary ini; its MI address is read from the
-    log line "MI listening on udp:HOST:PORT".
+    A real evsrv process on a temporary ini, optionally pinned to one CPU.
     """
 
     def __init__(self, workdir: Path, cpu=None):
-        self.ini = workdir / "bench.ini"
-        self.ini.write_text(INI)
-        self.log_path = workdir / "bench.log"
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "twisted", "--log-format=text", "evsrv",
-                "-c", str(self.ini)]
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=str(workdir),
-                                        preexec_fn=_die_with_parent)
-        self.pid = self.process.pid
+        ini = workdir / "bench.ini"
+        ini.write_text(INI)
+        super().__init__(ini, pythonpath=ROOT, preexec_fn=_die_with_parent, timeout=30)
         if cpu is not None:
             os.sched_setaffinity(self.pid, {cpu})
-        self.mi = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            match = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
-            if match and "started:" in text:
-                self.mi = (match.group(1), int(match.group(2)))
-                break
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        if self.mi is None:
-            self.stop()
-            raise RuntimeError("evsrv did not start:\n" + self.log_path.read_text())
+        self.mi = self.udp
 
     def cpu_seconds(self):
         return cpu_seconds(self.pid)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 # -- the MI client -----------------------------------------------------------------------
@@ -556,17 +527,6 @@ def format_targets(rows):
     lines.append("(ratio > 1 means the target is met: measured/goal, or goal/measured "
                  "for latency)")
     return "\n".join(lines)
-
-
-def interrupt_on_sigterm():
-    """
-    SIGTERM (and SIGINT, even when inherited as ignored) raise
-    KeyboardInterrupt, so that the cleanup in ``finally`` blocks runs.
-    """
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import mi_load  # noqa: E402
+from common import interrupt_on_sigterm  # noqa: E402
 import subscriptions  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    mi_load.interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         print("== MI load (bench/mi_load.py) ==", file=sys.stderr, flush=True)
         rows = mi_load.run_benchmark(duration=args.duration)

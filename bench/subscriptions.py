@@ -28,7 +28,6 @@ import gc
 import linecache
 import multiprocessing
 import os
-import signal
 import statistics
 import sys
 import time
@@ -37,8 +36,9 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "bench")) if p not in sys.path]
+
+from common import interrupt_on_sigterm  # noqa: E402
 
 EVENT = "E_BENCH"
 SIZES = (1_000, 10_000, 100_000)
@@ -413,24 +413,13 @@ def format_targets(res):
     return "\n".join(lines)
 
 
-def _interrupt_on_sigterm():
-    """
-    SIGTERM (and SIGINT, even when inherited as ignored) raise
-    KeyboardInterrupt, so that the cleanup in ``finally`` blocks runs.
-    """
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=3, help="timing passes (3)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also show the top allocation sites per subscription")
     args = parser.parse_args(argv)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         res = run_benchmark(args.passes, args.breakdown)
     except KeyboardInterrupt:

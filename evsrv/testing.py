@@ -4,6 +4,14 @@ a transport that records what it is asked to deliver, and a ready-made
 L{EventInterface} on a L{Clock}.
 """
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -78,3 +86,57 @@ def memory_evi(*events, scheme="test"):
     for name in events:
         evi.publish(name)
     return evi, clock, transport
+
+
+class ServerProcess:
+    """
+    A real evsrv process, started with C{twist} (or C{twistd -n}) on an ini
+    file, its UDP MI address (C{udp}, first listener; give it port 0) read
+    from its log line "MI listening on udp:HOST:PORT". For blocking tests
+    and benchmarks.
+    """
+
+    def __init__(self, ini: Path, runner="twist", pythonpath=None, preexec_fn=None,
+                 timeout=20.0):
+        self.ini = ini
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
+        if runner == "twist":
+            argv = [sys.executable, "-m", "twisted", "--log-format=text", "evsrv", "-c", str(ini)]
+        else:
+            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                    "-n", "--pidfile=", "evsrv", "-c", str(ini)]
+        self.log_path = ini.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=str(ini.parent), preexec_fn=preexec_fn)
+        self.pid = self.process.pid
+        self.udp = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
+            if match and "started:" in text:
+                self.udp = (match.group(1), int(match.group(2)))
+                break
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if self.udp is None:
+            self.stop()
+            raise RuntimeError("evsrv did not start:\n" + self.log_path.read_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

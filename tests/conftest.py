@@ -3,14 +3,8 @@ Shared fixtures, and trial's discipline for pytest-twisted: a test fails if
 it logs an error it did not expect, or leaves a timer behind.
 """
 
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +16,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from evsrv.config import parse_config
 from evsrv.server import EvsrvService, transport_factories
+from evsrv.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,54 +118,6 @@ def server(server_factory):
     return server_factory()
 
 
-class ServerProcess:
-    """
-    A real evsrv started with C{python -m twisted evsrv -c FILE} (the C{twist}
-    runner), its MI address read from its log.
-    """
-
-    def __init__(self, ini: Path, runner="twist"):
-        self.ini = ini
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        if runner == "twist":
-            argv = [sys.executable, "-m", "twisted", "--log-format=text", "evsrv", "-c", str(ini)]
-        else:
-            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                    "-n", "--pidfile=", "evsrv", "-c", str(ini)]
-        self.log_path = ini.with_suffix(".log")
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=str(ini.parent))
-        self.udp = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            match = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
-            if match and "started:" in text:
-                self.udp = (match.group(1), int(match.group(2)))
-                break
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        if self.udp is None:
-            self.stop()
-            raise RuntimeError("evsrv did not start:\n" + self.log_path.read_text())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
 @pytest.fixture
 def server_process(tmpdir_short):
     """
@@ -182,7 +129,7 @@ def server_process(tmpdir_short):
     def start(text=BASE_INI, runner="twist"):
         ini = tmpdir_short / f"evsrv{len(running)}.ini"
         ini.write_text(text)
-        proc = ServerProcess(ini, runner)
+        proc = ServerProcess(ini, runner, pythonpath=ROOT)
         running.append(proc)
         return proc
     yield start

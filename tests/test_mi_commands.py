@@ -5,7 +5,6 @@ The core MI commands and the evsrv-only subscribers_stats, through the dispatche
 import json
 import os
 
-import pytest
 
 from tests.test_evi import result_of
 
