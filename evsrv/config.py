@@ -22,17 +22,21 @@ CORE_EVENTS = ("E_CORE_SR_STATUS_CHANGED", "E_CORE_THRESHOLD", "E_CORE_SHM_THRES
                "E_CORE_PKG_THRESHOLD", "E_CORE_PROC_AUTO_SCALE", "E_CORE_TCP_DISCONNECT")
 LATE_CORE_EVENTS = ("E_CORE_LOG",)
 
-BUILTIN_TRANSPORTS = ("udp", "unix")
-
 DEFAULT_INI = """\
-; The embedded default configuration (used when no -c is given).
+; The embedded default configuration (used when no -c is given); every
+; built-in transport is enabled.
 [mi]
 udp = 127.0.0.1:8080
 unix = /tmp/evsrv_mi.sock
-
-[transports]
-enabled = udp, unix
 """
+
+
+def builtin_transports(transport_factories: dict) -> list:
+    """
+    Names of evsrv's own transports, enabled when C{[transports] enabled}
+    is not given (a transport costs nothing until something subscribes).
+    """
+    return sorted(name for name, f in transport_factories.items() if getattr(f, "builtin", False))
 
 
 class ConfigError(Exception):
@@ -189,7 +193,8 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
     events = r.get("events", "publish", "", lambda t: [_event_name(e) for e in _list(t)])
     expiry_interval = r.get("expiry", "interval", "1.0", _positive_float)
 
-    enabled = r.get("transports", "enabled", ", ".join(BUILTIN_TRANSPORTS), _list)
+    enabled = r.get("transports", "enabled", ", ".join(builtin_transports(transport_factories)),
+                    _list)
     transports = {}
     for name in enabled:
         if name not in transport_factories:

@@ -21,6 +21,7 @@ class IEventTransportFactory(IPlugin):
 
     name = Attribute("Name used in C{[transports] enabled = ...} and in C{[transport:NAME]}.")
     schemes = Attribute("Tuple of socket prefixes handled, e.g. C{('udp',)}.")
+    builtin = Attribute("True for evsrv's own transports: enabled when the ini does not say.")
     options = Attribute(
         "Mapping of ini key to (default text, coercer, help). The coercer turns the text "
         "into a value or raises C{ValueError} with a reason.")

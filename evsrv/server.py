@@ -54,7 +54,7 @@ class EvsrvService(MultiService):
             if IService.providedBy(transport):
                 transport.setServiceParent(self)
 
-        self.evi = EventInterface(reactor, by_scheme, self.statistics)
+        self.evi = context.evi = EventInterface(reactor, by_scheme, self.statistics)
         for name in (*CORE_EVENTS, *config.events, *LATE_CORE_EVENTS):
             self.evi.publish(name)
         ExpiryService(self.evi, config.expiry_interval, clock=reactor).setServiceParent(self)
@@ -64,6 +64,9 @@ class EvsrvService(MultiService):
             self.controller.register(command)
         for command in CoreCommands(self.controller, self.statistics, reactor).commands():
             self.controller.register(command)
+        for transport in self.transports.values():
+            for command in getattr(transport, "mi_commands", lambda: [])():
+                self.controller.register(command)
         self.dispatcher = MIDispatcher(
             self.controller, config.mi.max_datagram,
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")

@@ -17,10 +17,14 @@ class TransportContext:
     @ivar reactor: the reactor (or a fake in tests).
     @ivar statistics: where the transport registers its counters.
     @ivar base_dir: directory relative paths are taken from.
+    @ivar evi: the L{EventInterface}, set once it exists (after every
+        transport is built): for transports that parse other sockets
+        (C{virtual:}) or raise events themselves. Use it lazily.
     """
     reactor: object
     statistics: Statistics = field(default_factory=Statistics)
     base_dir: Path = field(default_factory=Path.cwd)
+    evi: object = None
 
 
 def choice(*allowed):

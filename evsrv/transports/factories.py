@@ -15,8 +15,9 @@ class TransportFactory:
     C{build(settings, context)} callable.
     """
 
-    def __init__(self, name, schemes, options, build, description=""):
+    def __init__(self, name, schemes, options, build, description="", builtin=True):
         self.name = name
+        self.builtin = builtin
         self.schemes = tuple(schemes)
         self.options = options
         self._build = build
