@@ -69,6 +69,8 @@ class Config:
     events: list
     transports: dict      # name -> {key: value}, in the order enabled
     expiry_interval: float = 1.0
+    script: Path | None = None
+    modules: dict = field(default_factory=dict)  # name -> {key: value}, in load order
 
 
 def _udp_address(text: str) -> tuple:
@@ -158,7 +160,30 @@ class _Reader:
                 raise self.error(section, left[0], "unknown key")
 
 
-def parse_config(text: str, source: str, base_dir: Path, transport_factories: dict) -> Config:
+def _plugin_settings(r, parser, kind, names, factories, listed_in):
+    """
+    The coerced settings of the enabled plugins of one kind, checking the
+    sections of known but disabled ones too.
+    """
+    chosen = {}
+    for name in names:
+        if name not in factories:
+            raise r.error(*listed_in, f"unknown {kind} {name!r} (known: "
+                          f"{', '.join(sorted(factories)) or 'none'})")
+        if name in chosen:
+            raise r.error(*listed_in, f"{kind} {name!r} listed twice")
+        section = f"{kind}:{name}"
+        chosen[name] = {key: r.get(section, key, default, coerce)
+                        for key, (default, coerce, _help) in factories[name].options.items()}
+    for name, factory in factories.items():
+        if name not in chosen and parser.has_section(f"{kind}:{name}"):
+            for key, (default, coerce, _help) in factory.options.items():
+                r.get(f"{kind}:{name}", key, default, coerce)
+    return chosen
+
+
+def parse_config(text: str, source: str, base_dir: Path, transport_factories: dict,
+                 module_factories: dict | None = None) -> Config:
     """
     Check and convert ini text.
 
@@ -195,40 +220,36 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
 
     enabled = r.get("transports", "enabled", ", ".join(builtin_transports(transport_factories)),
                     _list)
-    transports = {}
-    for name in enabled:
-        if name not in transport_factories:
-            raise r.error("transports", "enabled", f"unknown transport {name!r} (known: "
-                          f"{', '.join(sorted(transport_factories))})")
-        if name in transports:
-            raise r.error("transports", "enabled", f"transport {name!r} listed twice")
-        section = f"transport:{name}"
-        transports[name] = {
-            key: r.get(section, key, default, coerce)
-            for key, (default, coerce, _help) in transport_factories[name].options.items()}
-    for name, factory in transport_factories.items():
-        # A section of a known transport that is not enabled is still checked.
-        if name not in transports and parser.has_section(f"transport:{name}"):
-            for key, (default, coerce, _help) in factory.options.items():
-                r.get(f"transport:{name}", key, default, coerce)
-    known = {"mi", "events", "expiry", "transports"}
+    transports = _plugin_settings(r, parser, "transport", enabled, transport_factories,
+                                  ("transports", "enabled"))
+    module_factories = module_factories or {}
+    modules = _plugin_settings(r, parser, "module", r.get("modules", "load", "", _list),
+                               module_factories, ("modules", "load"))
+    script = r.get("script", "path", "", lambda t: r.path(t) if t else None)
+    if script is not None and not script.is_file():
+        raise r.error("script", "path", f"no such file: {script}")
+    known = {"mi", "events", "expiry", "transports", "modules", "script"}
     known.update(f"transport:{name}" for name in transport_factories)
+    known.update(f"module:{name}" for name in module_factories)
     r.check_unknown(known)
     return Config(source=source, base_dir=base_dir, mi=mi, events=events,
-                  transports=transports, expiry_interval=expiry_interval)
+                  transports=transports, expiry_interval=expiry_interval, script=script,
+                  modules=modules)
 
 
-def read_config(path, transport_factories: dict) -> Config:
+def read_config(path, transport_factories: dict, module_factories: dict | None = None) -> Config:
     """
     Read an ini file, or the embedded default when C{path} is C{None}.
 
     @raise ConfigError: unreadable file or bad content.
     """
     if path is None:
-        return parse_config(DEFAULT_INI, "<embedded default>", Path.cwd(), transport_factories)
+        return parse_config(DEFAULT_INI, "<embedded default>", Path.cwd(), transport_factories,
+                            module_factories)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, None, None, f"cannot read: {getattr(e, 'strerror', None) or e}") from None
-    return parse_config(text, str(path), path.resolve().parent, transport_factories)
+    return parse_config(text, str(path), path.resolve().parent, transport_factories,
+                        module_factories)

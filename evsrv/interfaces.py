@@ -67,3 +67,26 @@ class IEventTransport(Interface):
         @return: an L{evsrv.evi.report.Outcome}, or a Deferred firing with one
             when delivery completes later.
         """
+
+
+class IModuleFactory(IPlugin):
+    """
+    A module plugin: code that publishes events at start-up and raises them
+    later (pike, core thresholds, third-party modules). Enabled by name from
+    C{[modules] load = ...}, configured from its C{[module:NAME]} section.
+    """
+
+    name = Attribute("Name used in C{[modules] load = ...} and in C{[module:NAME]}.")
+    options = Attribute("Mapping of ini key to (default text, coercer, help), as transports.")
+
+    def build(settings, context):
+        """
+        Make the module.
+
+        @param settings: every key of L{options}, coerced.
+        @param context: L{evsrv.modules.ModuleContext}: reactor, statistics, the
+            event interface C{evi}, the MI C{controller} (to register commands)
+            and C{mi_filters} (request gates of the MI listeners).
+        @return: the module; if it provides C{IService} it is started and
+            stopped with the server.
+        """

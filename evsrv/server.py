@@ -12,12 +12,14 @@ from evsrv import __version__, plugins
 from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface
 from evsrv.evi.expiry import ExpiryService
-from evsrv.interfaces import IEventTransportFactory
+from evsrv.interfaces import IEventTransportFactory, IModuleFactory
 from evsrv.mi.commands import CoreCommands, EVICommands
-from evsrv.mi.controller import MIController
+from evsrv.mi.controller import Command, MIController, MIError
+from evsrv.modules import ModuleContext
 from evsrv.mi.dispatch import MIDispatcher
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
                                listen_unix)
+from evsrv.script import ScriptLoadError, ScriptRunner
 from evsrv.statistics import Statistics
 from evsrv.transports import TransportContext
 
@@ -29,6 +31,13 @@ def transport_factories() -> dict:
     return {f.name: f for f in getPlugins(IEventTransportFactory, plugins)}
 
 
+def module_factories() -> dict:
+    """
+    Every module plugin found in C{evsrv.plugins}, by name.
+    """
+    return {f.name: f for f in getPlugins(IModuleFactory, plugins)}
+
+
 class EvsrvService(MultiService):
     """
     The whole server. Its parts are attributes so that embedding code and
@@ -37,7 +46,7 @@ class EvsrvService(MultiService):
     """
     _log = Logger()
 
-    def __init__(self, config: Config, reactor, factories=None):
+    def __init__(self, config: Config, reactor, factories=None, modules=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -55,11 +64,11 @@ class EvsrvService(MultiService):
                 transport.setServiceParent(self)
 
         self.evi = context.evi = EventInterface(reactor, by_scheme, self.statistics)
-        for name in (*CORE_EVENTS, *config.events, *LATE_CORE_EVENTS):
+        for name in CORE_EVENTS:
             self.evi.publish(name)
         ExpiryService(self.evi, config.expiry_interval, clock=reactor).setServiceParent(self)
 
-        self.controller = MIController(self.statistics)
+        self.controller = MIController(self.statistics, clock=reactor)
         for command in EVICommands(self.evi).commands():
             self.controller.register(command)
         for command in CoreCommands(self.controller, self.statistics, reactor).commands():
@@ -67,11 +76,57 @@ class EvsrvService(MultiService):
         for transport in self.transports.values():
             for command in getattr(transport, "mi_commands", lambda: [])():
                 self.controller.register(command)
+
+        # Modules publish their events after the core's, as in OpenSIPS.
+        self.mi_filters = []
+        module_context = ModuleContext(reactor, self.statistics, self.evi, self.controller,
+                                       self.mi_filters, config.base_dir)
+        factories = module_factories() if modules is None else modules
+        self.modules = {}
+        for name, settings in config.modules.items():
+            module = factories[name].build(settings, module_context)
+            self.modules[name] = module
+            if IService.providedBy(module):
+                module.setServiceParent(self)
+        for name in config.events:
+            self.evi.publish(name)
+
+        self.script = None
+        if config.script is not None:
+            self._load_script(config.script)
+        for name in LATE_CORE_EVENTS:
+            self.evi.publish(name)
+
         self.dispatcher = MIDispatcher(
             self.controller, config.mi.max_datagram,
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")
         self.mi_ports = []
         self._mi_paths = []
+
+    def _load_script(self, path):
+        self.script = ScriptRunner(path, self.evi, self.reactor, self.statistics)
+        try:
+            self.script.prepare()
+        except ScriptLoadError as e:
+            raise ConfigError(self.config.source, "script", "path", str(e)) from None
+        route = self.transports.get("route")
+        if route is not None:
+            route.runner = self.script
+        self.controller.register(Command(
+            "reload_routes", [[]], self._reload_routes,
+            help="Loads the routing script again; MI subscriptions stay. On an error the "
+                 "running script stays and the error says why."))
+        # Last child: the transports and modules are up when startup_route runs.
+        self.script.setServiceParent(self)
+
+    def _reload_routes(self, call):
+        try:
+            self.script.reload()
+        except ScriptLoadError as e:
+            self._log.warn("reload_routes failed, the running script stays: {error}",
+                           error=str(e))
+            raise MIError(500, "Reload failed", str(e)) from None
+        return "OK"
 
     def listen(self):
         """
@@ -84,10 +139,12 @@ class EvsrvService(MultiService):
         try:
             for host, port in mi.udp:
                 label = f"udp:{host}:{port}"
-                protocol = MIDatagramProtocol(self.dispatcher, self.reactor, label)
+                protocol = MIDatagramProtocol(self.dispatcher, self.reactor, label,
+                                              self.mi_filters)
                 self.mi_ports.append(listen_udp(self.reactor, protocol, host, port))
             for path in mi.unix:
-                protocol = MIDatagramProtocol(self.dispatcher, self.reactor, f"unix:{path}")
+                protocol = MIDatagramProtocol(self.dispatcher, self.reactor, f"unix:{path}",
+                                              self.mi_filters)
                 self.mi_ports.append(listen_unix(self.reactor, protocol, str(path),
                                                  mi.unix_mode))
                 self._mi_paths.append(str(path))

@@ -8,7 +8,7 @@ import sys
 from twisted.python import usage
 
 from evsrv.config import ConfigError, read_config
-from evsrv.server import EvsrvService, transport_factories
+from evsrv.server import EvsrvService, module_factories, transport_factories
 
 
 class Options(usage.Options):
@@ -29,7 +29,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     try:
-        config = read_config(options["config"], transport_factories())
+        config = read_config(options["config"], transport_factories(), module_factories())
         service = EvsrvService(config, reactor)
         service.listen()
     except ConfigError as e:

@@ -15,7 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel, globalLogPublisher
 
 from evsrv.config import parse_config
-from evsrv.server import EvsrvService, transport_factories
+from evsrv.server import EvsrvService, module_factories, transport_factories
 from evsrv.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def tmpdir_short():
 
 
 def make_config(text: str, base_dir: Path):
-    return parse_config(text, "<test>", base_dir, transport_factories())
+    return parse_config(text, "<test>", base_dir, transport_factories(), module_factories())
 
 
 BASE_INI = """\

@@ -55,6 +55,9 @@ class EventInterface:
         statistics.gauge("evi", "events", lambda: len(self.events))
         statistics.gauge("evi", "subscriptions", lambda: self.store.size)
         self._depth = 0
+        # callables (report, seconds) told how long each delivery took
+        # (the core module's E_CORE_THRESHOLD); empty: nothing is measured
+        self.report_observers = []
 
     # -- events ---------------------------------------------------------
 
@@ -272,10 +275,19 @@ class EventInterface:
         finally:
             self._depth -= 1
         if not pending:
+            if self.report_observers:
+                self._observe(report, notification.raised_at)
             return succeed(report)
 
         def settled(outcomes):
             for outcome in outcomes:
                 report.add(outcome)
+            if self.report_observers:
+                self._observe(report, notification.raised_at)
             return report
         return gatherResults(pending, consumeErrors=True).addCallback(settled)
+
+    def _observe(self, report, raised_at):
+        elapsed = self.clock.seconds() - raised_at
+        for observer in self.report_observers:
+            observer(report, elapsed)

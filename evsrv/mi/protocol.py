@@ -54,9 +54,11 @@ class MIDatagramProtocol(DatagramProtocol):
     _log = Logger()
     noisy = False  # the server logs its own "MI listening on ..." line
 
-    def __init__(self, dispatcher, clock, label):
+    def __init__(self, dispatcher, clock, label, filters=()):
         self.dispatcher = dispatcher
         self.label = label
+        # request gates (pike, later ACLs): any false answer ignores the datagram
+        self.filters = filters
         statistics = dispatcher.controller.statistics
         self._failed = statistics.counter("mi", "replies_failed")
         self._warn = RateLimitedLog(self._log, clock)
@@ -64,6 +66,9 @@ class MIDatagramProtocol(DatagramProtocol):
     def datagramReceived(self, data, addr):
         if not data:
             return  # OpenSIPS ignores empty datagrams too
+        for allow in self.filters:
+            if not allow(addr):
+                return
         d = self.dispatcher.handle(data)
         d.addCallback(self._reply, addr)
         d.addErrback(self._log.failure, "MI request from {addr} on {label} failed",

@@ -2,6 +2,6 @@
 The built-in transports as plugins.
 """
 
-from evsrv.transports.factories import unixTransport, udpTransport
+from evsrv.transports.factories import routeTransport, unixTransport, udpTransport
 
-__all__ = ["udpTransport", "unixTransport"]
+__all__ = ["udpTransport", "unixTransport", "routeTransport"]

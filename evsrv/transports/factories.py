@@ -56,3 +56,13 @@ udpTransport = TransportFactory(
 unixTransport = TransportFactory(
     "unix", ("unix",), {"format": _FORMAT}, _build_unix,
     "UNIX datagrams (event_datagram)")
+
+
+def _build_route(settings, context):
+    from evsrv.script.transport import RouteTransport
+    return RouteTransport("route", context.statistics)
+
+
+routeTransport = TransportFactory(
+    "route", ("route",), {}, _build_route,
+    "the routing script's event routes (event_route)")

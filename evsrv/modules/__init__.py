@@ -1,0 +1,73 @@
+"""
+Built-in modules (pike, core) and what every module gets.
+
+The internal-module API is the L{EventInterface} itself:
+C{evi.publish(name)}, C{evi.raise_event(name, params)} (a Deferred
+delivery report), C{evi.probe(name)} / C{evi.has_subscribers(name)} to skip
+building parameters nobody will receive, and
+L{evsrv.script.api.event_params} for the script's attrs/values pairing.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zope.interface import implementer
+
+from evsrv.interfaces import IModuleFactory
+
+
+@dataclass
+class ModuleContext:
+    """
+    @ivar mi_filters: callables C{(address) -> bool} asked before every MI
+        request; a false answer ignores the request (no reply).
+    """
+    reactor: object
+    statistics: object
+    evi: object
+    controller: object
+    mi_filters: list = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+
+@implementer(IModuleFactory)
+class ModuleFactory:
+    """
+    A module plugin described by data, like L{TransportFactory}.
+    """
+
+    def __init__(self, name, options, build, description=""):
+        self.name = name
+        self.options = options
+        self._build = build
+        self.description = description
+
+    def build(self, settings, context):
+        return self._build(settings, context)
+
+    def __repr__(self):
+        return f"<ModuleFactory {self.name}>"
+
+
+def positive(kind):
+    """
+    An ini coercer for a positive C{kind} (int or float).
+    """
+    def coerce(text):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    return coerce
+
+
+def non_negative(kind):
+    """
+    An ini coercer for C{kind} >= 0 (0 usually means "off").
+    """
+    def coerce(text):
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    return coerce

@@ -1,0 +1,49 @@
+# -*- test-case-name: tests.test_script -*-
+"""
+The C{route:} transport (spec §4.5): delivers events to the routing
+script's event routes, in process and at once (as OpenSIPS 1.x), so a route
+that raises events nests, bounded by L{MAX_NESTED_RAISES}.
+"""
+
+from zope.interface import implementer
+
+from evsrv.evi.notification import Outcome
+from evsrv.evi.subscriptions import Destination
+from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.transports import TransportCounters
+
+
+@implementer(IEventTransport)
+class RouteTransport:
+    schemes = ("route",)
+
+    def __init__(self, name, statistics):
+        self.name = name
+        self.counters = TransportCounters(statistics, name)
+        self.runner = None  # the ScriptRunner, attached by the server
+
+    def parse(self, scheme, rest):
+        if self.runner is None:
+            raise BadSocket("route: no routing script is loaded ([script] path)")
+        if not self.runner.has_event_route(rest):
+            raise BadSocket(f"route: the script has no event_route for {rest[:64]!r}")
+        return Destination(f"route:{rest}", rest)
+
+    def deliver(self, notification, subscriptions):
+        outcome = Outcome()
+        for sub in subscriptions:
+            runner = self.runner
+            if runner is not None and runner.has_event_route(sub.address):
+                if runner.run_event_route(sub.address, notification):
+                    sub.sent += 1
+                    outcome.delivered += 1
+                    continue
+                reason = "the event route raised an error"
+            else:
+                reason = f"no event_route[{sub.address}] (the script was reloaded without it)"
+            sub.failure(reason)
+            outcome.failed += 1
+            outcome.errors.append((sub.socket, reason))
+        self.counters.sent.value += outcome.delivered
+        self.counters.failed.value += outcome.failed
+        return outcome
