@@ -145,7 +145,8 @@ class ScriptRunner(Service):
             "startup_route": startup_route, "timer_route": timer_route,
             "event_route": event_route, "route": route, "call_route": self.call_route,
             "raise_event": self.raise_event, "subscribe_event": self.subscribe_event,
-            "probe_event": self.evi.probe, "get_statistic": self.get_statistic,
+            "publish_event": self.evi.publish, "probe_event": self.evi.probe,
+            "get_statistic": self.get_statistic,
             "get_statistics": self.statistics.get, "log": self._log,
         }
 
@@ -158,12 +159,15 @@ class ScriptRunner(Service):
         """
         Raise an event (see L{event_params}); publishes it if needed.
 
-        @return: the Deferred delivery report.
+        @return: the Deferred delivery report (C{None} after a logged failure).
         @raise ScriptError: attrs and values of different lengths.
         """
         params = event_params(attrs, values, f"route {self._route_name()}: raise_event {name}")
         self.evi.publish(name)
-        return self.evi.raise_event(name, params)
+        d = self.evi.raise_event(name, params)
+        # A failure (too many nested raises) is logged here, where the route
+        # is known; the Deferred then fires with None.
+        return d.addErrback(self._api_failed, f"raise_event({name!r})")
 
     def subscribe_event(self, name, socket, expire=None) -> Deferred:
         """
