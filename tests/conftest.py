@@ -196,3 +196,20 @@ def udp_collector():
     yield make
     for port in ports:
         pytest_twisted.blockon(maybeDeferred(port.stopListening))
+
+
+def until(predicate, timeout=5.0, interval=0.01):
+    """
+    A Deferred that fires once C{predicate()} is true, polling on the
+    reactor; fails with a TimeoutError after C{timeout} seconds.
+    """
+    from twisted.internet.task import deferLater
+    deadline = reactor.seconds() + timeout
+
+    def check(_=None):
+        if predicate():
+            return True
+        if reactor.seconds() > deadline:
+            raise TimeoutError("condition not met in time")
+        return deferLater(reactor, interval, lambda: None).addCallback(check)
+    return succeed(None).addCallback(check)
