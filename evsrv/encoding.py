@@ -103,3 +103,35 @@ def jsonrpc_error(request_id, code: int, message: str, data: str | None = None) 
     if data is not None:
         error["data"] = data
     return b'{"jsonrpc":"2.0","error":' + dumps(error) + b',"id":' + dumps(request_id) + b"}"
+
+
+def flatstore_line(event: str, params: Params, delimiter: str = ",",
+                   suppress_event_name: bool = False) -> bytes:
+    """
+    One event_flatstore line (spec §4.7): the event name (unless
+    C{suppress_event_name}), then the value of each parameter, joined by
+    C{delimiter}, ended by a newline. Names are not written; ints are signed
+    decimals; an empty string writes nothing after its delimiter, so
+    C{E_TEST} with C{"x"}, C{-3}, C{""} gives C{E_TEST,x,-3,\\n} (vector 37).
+
+    Escaping (evsrv's, §9 D20; OpenSIPS 3.x writes values raw, master/4.0
+    replaces the delimiter with a space in the value every subscriber
+    shares): inside the event name and string values a backslash becomes
+    C{\\\\}, the delimiter C{\\<delimiter>}, a newline C{\\n} and a carriage
+    return C{\\r}. The line is built from new strings, so what other
+    subscribers receive is unchanged. Reading back: split at delimiters not
+    preceded by an escaping backslash, then undo the four escapes
+    (L{evsrv.transports.flatstore.split_line}). The delimiter is one
+    character that is not a letter, digit, backslash, CR or LF, which keeps
+    the escapes unambiguous.
+    """
+    def escaped(text: str) -> str:
+        if "\\" in text or delimiter in text or "\n" in text or "\r" in text:
+            text = (text.replace("\\", "\\\\").replace(delimiter, "\\" + delimiter)
+                    .replace("\n", "\\n").replace("\r", "\\r"))
+        return text
+    fields = [] if suppress_event_name else [escaped(event)]
+    for p in params:
+        value = p.value
+        fields.append(str(value) if isinstance(value, int) else escaped(value))
+    return to_bytes(delimiter.join(fields) + "\n")

@@ -332,6 +332,11 @@ def test_shipped_examples_produce_the_documented_notifications(server_factory, u
     data, _ = yield sink.next()
     assert json.loads(data) == {"jsonrpc": "2.0", "method": "E_SCRIPT_TCP_LOAD",
                                 "params": {"limit": 80, "load": 95}}
-    # The permanent startup subscription of the example.
+    # The permanent startup subscription, and the timer-refreshed one.
+    runner._run("timer_route[refresh_subscription]",
+                runner.routes.timers["refresh_subscription"][1])
+    assert runner.routes.timers["refresh_subscription"][0] == 3600
     listed = mi(server, "subscribers_list", ["E_PIKE_BLOCKED"])["result"]["Event"]["Subscribers"]
     assert {"socket": "udp:127.0.0.1:8888", "expire": "never"} in listed
+    assert {"socket": "udp:127.0.0.1:8889", "expire": 1200, "ttl": 1200} in listed
+    assert {"socket": "route:E_PIKE_BLOCKED", "expire": "never"} in listed
