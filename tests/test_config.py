@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from evsrv.config import ConfigError, read_config
-from evsrv.server import transport_factories
+from evsrv.server import module_factories, transport_factories
 
 
 def load(tmp_path, text):
@@ -25,7 +25,8 @@ def test_embedded_default():
 
 
 def test_shipped_ini_is_valid():
-    config = read_config(Path(__file__).parent.parent / "etc" / "evsrv.ini", transport_factories())
+    config = read_config(Path(__file__).parent.parent / "etc" / "evsrv.ini", transport_factories(),
+                         module_factories())
     assert config.mi.udp == [("127.0.0.1", 8080)]
 
 
