@@ -14,6 +14,7 @@ from pathlib import Path
 from zope.interface import implementer
 
 from evsrv.interfaces import IModuleFactory
+from evsrv.plugin_factory import PluginFactory
 
 
 @dataclass
@@ -31,22 +32,10 @@ class ModuleContext:
 
 
 @implementer(IModuleFactory)
-class ModuleFactory:
+class ModuleFactory(PluginFactory):
     """
-    A module plugin described by data, like L{TransportFactory}.
+    A module plugin described by data.
     """
-
-    def __init__(self, name, options, build, description=""):
-        self.name = name
-        self.options = options
-        self._build = build
-        self.description = description
-
-    def build(self, settings, context):
-        return self._build(settings, context)
-
-    def __repr__(self):
-        return f"<ModuleFactory {self.name}>"
 
 
 def positive(kind):

@@ -5,29 +5,21 @@ Plugin factories of the built-in transports.
 from zope.interface import implementer
 
 from evsrv.interfaces import IEventTransportFactory
+from evsrv.plugin_factory import PluginFactory
 from evsrv.transports import choice, parse_host_port
 
 
 @implementer(IEventTransportFactory)
-class TransportFactory:
+class TransportFactory(PluginFactory):
     """
-    A transport plugin described by data: name, schemes, ini options and a
-    C{build(settings, context)} callable.
+    A transport plugin: also the socket C{schemes} it handles, and whether it
+    is C{builtin} (enabled when the ini does not list transports).
     """
 
     def __init__(self, name, schemes, options, build, description="", builtin=True):
-        self.name = name
-        self.builtin = builtin
+        super().__init__(name, options, build, description)
         self.schemes = tuple(schemes)
-        self.options = options
-        self._build = build
-        self.description = description
-
-    def build(self, settings, context):
-        return self._build(settings, context)
-
-    def __repr__(self):
-        return f"<TransportFactory {self.name}>"
+        self.builtin = builtin
 
 
 _FORMAT = ("json", choice("json", "text"),
