@@ -135,3 +135,13 @@ def flatstore_line(event: str, params: Params, delimiter: str = ",",
         value = p.value
         fields.append(str(value) if isinstance(value, int) else escaped(value))
     return to_bytes(delimiter.join(fields) + "\n")
+
+
+def jsonrpc24_notification_with_id(event: str, params: Params, method: str | None = None,
+                                   notification_id: int = 1) -> bytes:
+    """
+    The 2.4 event_jsonrpc body with a numeric C{id} instead of C{null} (as
+    2.4's C{sync_mode} sends it): evsrv's reliable mode on C{jsonrpc:}.
+    """
+    body = jsonrpc24_notification(event, params, method)
+    return b'{"id":%d' % notification_id + body[len(b'{"id":null'):]

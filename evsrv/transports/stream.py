@@ -1,0 +1,761 @@
+# -*- test-case-name: tests.test_stream_transport -*-
+"""
+JSON-RPC notifications over persistent TCP connections (spec §4.4, §9 D12):
+C{tcp:HOST:PORT[/METHOD]} sends the OpenSIPS 3.x event_stream body and
+C{jsonrpc:HOST:PORT[/METHOD]} the 2.4 event_jsonrpc body (C{"id":null} first,
+C{params} always present). Bodies are written back to back with no
+delimiter; receivers parse the stream incrementally.
+
+One connection per destination address (resolved IP and port), shared by
+every subscriber and event of the transport, opened on the first
+notification and kept open. What happens when the peer misbehaves:
+
+ - down (refused, unreachable, connect timeout): notifications wait in a
+   bounded per-destination queue (the oldest is dropped and counted when it
+   is full) while reconnects back off exponentially; one that waits longer
+   than C{queue_timeout} counts as failed;
+ - slow (stops reading): Twisted's write buffer pauses us (we are its
+   streaming producer) once it holds 64 KiB, and notifications wait in the
+   same bounded queue; nothing piles up without bound and the reactor never
+   waits;
+ - chatty or malicious (sends data): without reliable mode everything
+   received is discarded as it arrives; in reliable mode at most
+   C{MAX_REPLY_BUFFER} bytes of an unfinished reply are kept, and a reply
+   that is not a JSON object with a numeric id closes the connection;
+ - closes the connection: the next notification (or a queued one) reconnects.
+
+Reliable mode (C{reliable = yes} in the ini section): each body carries a
+numeric C{"id"} first and counts as delivered only when the peer's JSON-RPC
+reply with that id arrives (a reply with an C{"error"} member counts as
+failed). A destination that leaves the oldest notification unanswered for
+C{timeout} seconds gets its connection closed; every unanswered notification
+is sent again, same id, on the next connection (at least once delivery),
+up to C{retries} sends in all, then counts as failed.
+
+Every result (delivered, failed, dropped) reaches the subscriber's counters,
+the transport statistics and the Deferred[Outcome] of the C{deliver} call
+that sent it, so callers (the virtual transport, scripts) see real outcomes.
+"""
+
+import collections
+import json
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from evsrv import encoding
+from evsrv.evi.notification import Outcome
+from evsrv.evi.params import Param
+from evsrv.evi.subscriptions import Destination
+from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.transports import TransportCounters
+from evsrv.transports.datagram import split_host_port
+from evsrv.transports.factories import TransportFactory
+
+MAX_REPLY_BUFFER = 65536  # bytes of one unfinished reply kept in reliable mode
+MAX_ID = 2 ** 31 - 1      # ids stay positive 32-bit ints, as OpenSIPS'
+STOPPING = "evsrv stopping"
+
+
+# -- delivery bookkeeping shared with the xmlrpc transport ------------------
+
+class DeliveryBatch:
+    """
+    The results of one C{deliver} call: each subscription's notification is
+    settled exactly once (delivered, failed or dropped), now or later.
+    L{result} is the Outcome itself when everything settled at once, else a
+    Deferred firing with it when the last one settles.
+    """
+    __slots__ = ("outcome", "pending", "deferred", "counters")
+
+    def __init__(self, counters):
+        self.outcome = Outcome()
+        self.pending = 0
+        self.deferred = None
+        self.counters = counters
+
+    def delivered(self, sub):
+        sub.sent += 1
+        self.outcome.delivered += 1
+        self.counters.sent.value += 1
+        self._settled()
+
+    def failed(self, sub, reason):
+        sub.failure(reason)
+        self.outcome.failed += 1
+        self.outcome.errors.append((sub.socket, reason))
+        self.counters.failed.value += 1
+        self._settled()
+
+    def dropped(self, sub, reason):
+        sub.drop(reason)
+        self.outcome.dropped += 1
+        self.outcome.errors.append((sub.socket, reason))
+        self.counters.dropped.value += 1
+        self._settled()
+
+    def _settled(self):
+        self.pending -= 1
+        if self.pending == 0 and self.deferred is not None:
+            d, self.deferred = self.deferred, None
+            d.callback(self.outcome)
+
+    def result(self):
+        if self.pending == 0:
+            return self.outcome
+        self.deferred = Deferred()
+        return self.deferred
+
+
+class Health:
+    """
+    Whether a destination works, so that a failing one is logged once when it
+    starts failing (or fails differently) and once when it recovers, never
+    once per notification.
+    """
+    __slots__ = ("log", "where", "kind", "failures")
+
+    def __init__(self, log, where):
+        self.log = log
+        self.where = where
+        self.kind = None
+        self.failures = 0
+
+    def failure(self, kind, reason):
+        self.failures += 1
+        if kind != self.kind:
+            self.kind = kind
+            self.log.warn("{where}: {reason} (logged once until it changes or recovers)",
+                          where=self.where, reason=reason)
+
+    def success(self):
+        if self.kind is not None:
+            self.log.info("{where}: works again after {count} failure(s)",
+                          where=self.where, count=self.failures)
+            self.kind = None
+            self.failures = 0
+
+
+# -- ini coercers ------------------------------------------------------------
+
+def yes_no(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86400:
+        raise ValueError("must be a number of seconds above 0 (at most 86400)")
+    return value
+
+
+def count(low: int, high: int):
+    def coerce(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+    return coerce
+
+
+def method_name(text: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("no spaces or control characters")
+    return text
+
+
+# -- the wire ----------------------------------------------------------------
+
+class ReplyParser:
+    """
+    Splits a byte stream into back-to-back JSON values with
+    C{json.JSONDecoder.raw_decode}, keeping an unfinished value for the next
+    chunk (at most C{limit} bytes of it).
+    """
+    _decoder = json.JSONDecoder()
+
+    def __init__(self, limit=MAX_REPLY_BUFFER):
+        self.limit = limit
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list:
+        """
+        @return: the complete values now available.
+        @raise ValueError: the stream is not JSON, or an unfinished value
+            exceeds the limit.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        text = encoding.from_bytes(buffer)
+        values = []
+        pos, end = 0, len(text)
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos == end:
+                break
+            try:
+                value, pos_after = self._decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                if _complete_value_end(text, pos) is not None:
+                    raise ValueError(f"not JSON: {text[pos:pos + 60]!r}") from None
+                break  # unfinished: wait for more
+            values.append(value)
+            pos = pos_after
+        rest = text[pos:]
+        self._buffer = encoding.to_bytes(rest) if rest else b""
+        if len(self._buffer) > self.limit:
+            raise ValueError(f"reply longer than {self.limit} bytes")
+        return values
+
+
+def _complete_value_end(text, pos):
+    """
+    Where the object or array starting at C{pos} ends, or C{None} if the
+    text stops before it does. Only called when C{raw_decode} failed, to tell
+    a value that is merely unfinished from one that can never parse.
+    """
+    first = text[pos]
+    if first not in "{[":
+        return pos  # replies are objects; anything else is garbage already
+    depth = 0
+    in_string = escaped = False
+    for i in range(pos, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+class _Entry:
+    """
+    One notification for one subscription, queued or on the wire.
+    """
+    __slots__ = ("payload", "sub", "batch", "id", "queued_at", "sends")
+
+    def __init__(self, payload, sub, batch, notification_id, now):
+        self.payload = payload
+        self.sub = sub
+        self.batch = batch
+        self.id = notification_id
+        self.queued_at = now
+        self.sends = 0
+
+    def delivered(self):
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.delivered(self.sub)
+
+    def failed(self, reason):
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.failed(self.sub, reason)
+
+    def dropped(self, reason):
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            batch.dropped(self.sub, reason)
+
+
+class _StreamProtocol(Protocol):
+    """
+    One TCP connection to a destination. It is the transport's streaming
+    producer, so a peer that stops reading pauses the sender instead of
+    growing Twisted's write buffer.
+    """
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.paused = False
+        self.parser = ReplyParser() if peer.transport.reliable else None
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.peer.connection_made(self)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.peer.flush()
+
+    def stopProducing(self):
+        self.paused = True
+
+    def dataReceived(self, data):
+        if self.parser is None:
+            return  # not reliable: whatever the peer says is read and dropped
+        try:
+            replies = self.parser.feed(data)
+        except ValueError as e:
+            self.peer.protocol_error(self, str(e))
+            return
+        for reply in replies:
+            if not self.peer.reply(self, reply):
+                return
+
+    def connectionLost(self, reason):
+        self.peer.connection_lost(self, reason)
+
+
+class _ConnectFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def buildProtocol(self, addr):
+        protocol = _StreamProtocol(self.peer)
+        protocol.factory = self
+        return protocol
+
+    def clientConnectionFailed(self, connector, reason):
+        self.peer.connect_failed(connector, reason)
+
+
+class _Peer:
+    """
+    One destination address: its connection, queue and timers.
+
+    States: C{idle} (no connection, nothing to send), C{connecting},
+    C{connected}, C{waiting} (backing off before the next connect).
+    """
+
+    def __init__(self, transport, host, port, label):
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.label = label
+        self.state = "idle"
+        self.protocol = None
+        self.connector = None
+        self.queue = collections.deque()
+        self.unanswered = {}  # id -> entry, in send order
+        self.failures = 0     # consecutive connect failures (backoff exponent)
+        self.health = Health(transport._log, label)
+        self._retry = self._expiry = self._reply_timer = None
+        self._closed = None   # Deferred fired when the connection is gone (stop)
+        self._aborted = False  # we closed it ourselves (already logged why)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, entry):
+        t = self.transport
+        if not self.queue and self._can_write():
+            self._write(entry)
+            return
+        self.queue.append(entry)
+        t.queued += 1
+        if len(self.queue) > t.queue_size:
+            oldest = self.queue.popleft()
+            t.queued -= 1
+            oldest.dropped(f"queue full ({t.queue_size} waiting for {self.label})")
+        if self.state == "idle":
+            self._connect()
+        self._arm_expiry()
+
+    def _can_write(self):
+        return (self.state == "connected" and not self.protocol.paused
+                and len(self.unanswered) < self.transport.queue_size)
+
+    def _write(self, entry):
+        entry.sends += 1
+        if self.transport.reliable:
+            self.unanswered[entry.id] = entry
+            entry.queued_at = self.transport.reactor.seconds()
+            self.transport.unanswered += 1
+            self._arm_reply_timer()
+            self.protocol.transport.write(entry.payload)
+        else:
+            # Handed to the socket: as far as TCP tells a sender, delivered.
+            self.protocol.transport.write(entry.payload)
+            entry.delivered()
+
+    def flush(self):
+        queue = self.queue
+        while queue and self._can_write():
+            self.transport.queued -= 1
+            self._write(queue.popleft())
+        if not queue:
+            self._cancel("_expiry")
+
+    # -- the connection ------------------------------------------------------
+
+    def _connect(self):
+        t = self.transport
+        self.state = "connecting"
+        self._retry = None
+        self.connector = t.reactor.connectTCP(self.host, self.port, _ConnectFactory(self),
+                                              timeout=t.connect_timeout)
+
+    def connection_made(self, protocol):
+        self.state = "connected"
+        self.protocol = protocol
+        self._aborted = False
+        self.connector = None
+        self.failures = 0
+        self.transport.connections += 1
+        if not self.transport.reliable:
+            self.health.success()
+        self.flush()
+
+    def connect_failed(self, connector, reason):
+        self.connector = None
+        if self._closed is not None:
+            self.state = "idle"
+            return
+        self.failures += 1
+        self.health.failure("connect", f"cannot connect: {reason.getErrorMessage()}")
+        self._after_disconnect()
+
+    def connection_lost(self, protocol, reason):
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        self.transport.connections -= 1
+        self._cancel("_reply_timer")
+        # Unanswered notifications go back to the head of the queue, in the
+        # order they were sent, to be sent again on the next connection.
+        if self.unanswered:
+            again = []
+            retries = self.transport.retries
+            for entry in self.unanswered.values():
+                if entry.sends >= retries:
+                    entry.failed(f"no reply after {entry.sends} send(s)")
+                else:
+                    again.append(entry)
+            self.transport.unanswered -= len(self.unanswered)
+            self.unanswered = {}
+            now = self.transport.reactor.seconds()
+            for entry in reversed(again):
+                entry.queued_at = now
+                self.queue.appendleft(entry)
+            self.transport.queued += len(again)
+        if self._closed is not None:
+            self.state = "idle"
+            self._closed.callback(None)
+            return
+        if not self._aborted and (not reason.check(ConnectionDone) or self.queue):
+            self.health.failure("lost", f"connection lost: {reason.getErrorMessage()}")
+        self._after_disconnect()
+
+    def _after_disconnect(self):
+        if not self.queue:
+            self.state = "idle"  # the next notification reconnects
+            self.transport._forget(self)
+            return
+        t = self.transport
+        delay = min(t.reconnect_max_delay, t.reconnect_delay * 2 ** max(self.failures - 1, 0))
+        self.state = "waiting"
+        self._retry = t.reactor.callLater(delay, self._connect)
+        self._arm_expiry()
+
+    # -- reliable mode ---------------------------------------------------------
+
+    def reply(self, protocol, reply) -> bool:
+        """
+        A JSON value from the peer. @return: whether to keep reading.
+        """
+        ident = reply.get("id") if isinstance(reply, dict) else None
+        if type(ident) is not int:
+            self.protocol_error(protocol, f"reply without a numeric id: {str(reply)[:80]}")
+            return False
+        entry = self.unanswered.pop(ident, None)
+        if entry is None:
+            return True  # late reply to a notification already settled
+        self.transport.unanswered -= 1
+        if "error" in reply:
+            entry.failed(f"peer error: {json.dumps(reply['error'])[:200]}")
+        else:
+            entry.delivered()
+            self.failures = 0
+            self.health.success()
+        if not self.unanswered:
+            self._cancel("_reply_timer")
+        self.flush()
+        return True
+
+    def protocol_error(self, protocol, reason):
+        self.health.failure("protocol", f"closing the connection: {reason}")
+        self._aborted = True
+        protocol.transport.abortConnection()
+
+    def _arm_reply_timer(self):
+        if self._reply_timer is None and self.unanswered:
+            oldest = next(iter(self.unanswered.values()))
+            t = self.transport
+            delay = max(0.0, oldest.queued_at + t.timeout - t.reactor.seconds())
+            self._reply_timer = t.reactor.callLater(delay, self._reply_due)
+
+    def _reply_due(self):
+        self._reply_timer = None
+        if not self.unanswered or self.protocol is None:
+            return
+        oldest = next(iter(self.unanswered.values()))
+        if oldest.queued_at + self.transport.timeout > self.transport.reactor.seconds():
+            self._arm_reply_timer()
+            return
+        # A peer that does not answer in time gets a new connection; what it
+        # left unanswered is sent again there (at least once).
+        self.health.failure("timeout", f"no reply within {self.transport.timeout} s, "
+                                       "reconnecting to send again")
+        self._aborted = True
+        self.protocol.transport.abortConnection()
+
+    # -- the queue's age limit -------------------------------------------------
+
+    def _arm_expiry(self):
+        if self._expiry is None and self.queue:
+            t = self.transport
+            oldest = min(entry.queued_at for entry in self.queue)
+            delay = max(0.0, oldest + t.queue_timeout - t.reactor.seconds())
+            self._expiry = t.reactor.callLater(delay, self._expire)
+
+    def _expire(self):
+        self._expiry = None
+        t = self.transport
+        limit = t.reactor.seconds() - t.queue_timeout
+        kept = collections.deque()
+        expired = []
+        for entry in self.queue:
+            (expired if entry.queued_at <= limit else kept).append(entry)
+        self.queue = kept
+        t.queued -= len(expired)
+        reason = f"not sent within {t.queue_timeout} s ({self.label} {self.state})"
+        for entry in expired:
+            entry.failed(reason)
+        self._arm_expiry()
+
+    # -- stopping --------------------------------------------------------------
+
+    def _cancel(self, name):
+        call = getattr(self, name)
+        if call is not None:
+            setattr(self, name, None)
+            if call.active():
+                call.cancel()
+
+    def close(self):
+        """
+        Drop what waits and close the connection. @return: Deferred fired
+        once the connection is gone.
+        """
+        self._closed = Deferred()
+        for name in ("_retry", "_expiry", "_reply_timer"):
+            self._cancel(name)
+        t = self.transport
+        for entry in list(self.unanswered.values()) + list(self.queue):
+            entry.dropped(STOPPING)
+        t.queued -= len(self.queue)
+        t.unanswered -= len(self.unanswered)
+        self.queue.clear()
+        self.unanswered = {}
+        if self.state == "connecting" and self.connector is not None:
+            self.connector.stopConnecting()
+        elif self.protocol is not None:
+            self.protocol.transport.abortConnection()
+            return self._closed
+        self.state = "idle"
+        return None
+
+
+@implementer(IEventTransport)
+class StreamTransport(Service):
+    """
+    C{tcp:} (body C{json}, OpenSIPS 3.x) or C{jsonrpc:} (body C{jsonrpc24},
+    OpenSIPS 2.4), as configured by its factory.
+    """
+    _log = Logger()
+
+    def __init__(self, name, scheme, body, settings, statistics, reactor):
+        self.name = name
+        self.schemes = (scheme,)
+        self.scheme = scheme
+        self.body = body
+        self.reactor = reactor
+        self.reliable = settings["reliable"]
+        self.connect_timeout = settings["connect_timeout"]
+        self.timeout = settings["timeout"]
+        self.queue_size = settings["queue_size"]
+        self.queue_timeout = settings["queue_timeout"]
+        self.reconnect_delay = settings["reconnect_delay"]
+        self.reconnect_max_delay = max(settings["reconnect_max_delay"], self.reconnect_delay)
+        self.retries = settings["retries"]
+        self.event_param = settings["event_param"] or None
+        self.counters = TransportCounters(statistics, name)
+        group = f"evi_{name}"
+        self.connections = self.queued = self.unanswered = 0
+        statistics.gauge(group, "connections", lambda: self.connections)
+        statistics.gauge(group, "queued", lambda: self.queued)
+        statistics.gauge(group, "unanswered", lambda: self.unanswered)
+        self._peers = {}  # (ip, port) -> _Peer
+        self._next_id = 0
+        self._stopped = False
+
+    # -- subscribing -----------------------------------------------------------
+
+    def parse(self, scheme, rest):
+        text = f"{scheme}:{rest}"
+        address, slash, method = rest.partition("/")
+        if slash and not method:
+            raise BadSocket(f"empty method after '/' in {text[:120]!r}")
+        if method:
+            try:
+                method_name(method)
+            except ValueError as e:
+                raise BadSocket(f"bad method {method[:40]!r} in {text[:120]!r}: {e}") from None
+        shown, host, port = split_host_port(scheme, address)
+        key = f"{scheme}:{shown}:{port}" + (f"/{method}" if method else "")
+        method = method or None
+        if isIPAddress(host) or isIPv6Address(host):
+            return Destination(key, (host, port, method))
+
+        def resolved(ip):
+            return Destination(key, (ip, port, method))
+
+        def unresolved(failure):
+            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
+        return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+
+    # -- delivering ------------------------------------------------------------
+
+    def _body(self, notification, method, notification_id):
+        params = notification.params
+        if self.event_param and (params or self.body == "jsonrpc24"):
+            # the event name as an extra first parameter (OpenSIPS event_param)
+            name = None if params and params[0].name is None else self.event_param
+            params = (Param(name, notification.event),) + params
+        if self.body == "json":
+            return encoding.json_notification(notification.event, params, method=method,
+                                              notification_id=notification_id)
+        if notification_id is None:
+            return encoding.jsonrpc24_notification(notification.event, params, method=method)
+        return encoding.jsonrpc24_notification_with_id(notification.event, params,
+                                                       method=method,
+                                                       notification_id=notification_id)
+
+    def _new_id(self):
+        self._next_id = self._next_id % MAX_ID + 1
+        return self._next_id
+
+    def deliver(self, notification, subscriptions):
+        batch = DeliveryBatch(self.counters)
+        batch.pending = len(subscriptions)
+        if self._stopped:
+            for sub in subscriptions:
+                batch.dropped(sub, STOPPING)
+            return batch.result()
+        now = self.reactor.seconds()
+        shared = {}  # method -> bytes, when the body has no id
+        plain = not self.event_param
+        for sub in subscriptions:
+            ip, port, method = sub.address
+            if self.reliable:
+                ident = self._new_id()
+                payload = self._body(notification, method, ident)
+            else:
+                ident = None
+                payload = shared.get(method)
+                if payload is None:
+                    if method is None and plain:
+                        payload = notification.payload(self.body)
+                    else:
+                        payload = self._body(notification, method, None)
+                    shared[method] = payload
+            peer = self._peers.get((ip, port))
+            if peer is None:
+                label = f"{self.scheme}:{ip}:{port}" if ":" not in ip else (
+                    f"{self.scheme}:[{ip}]:{port}")
+                peer = self._peers[(ip, port)] = _Peer(self, ip, port, label)
+            peer.send(_Entry(payload, sub, batch, ident, now))
+        return batch.result()
+
+    def _forget(self, peer):
+        # An idle peer with nothing to send costs nothing to rebuild; keeping
+        # it would grow the table with every address ever subscribed. A peer
+        # that is failing is kept so that it is not logged again.
+        if peer.health.kind is None and self._peers.get((peer.host, peer.port)) is peer:
+            del self._peers[(peer.host, peer.port)]
+
+    # -- service ---------------------------------------------------------------
+
+    def stopService(self):
+        super().stopService()
+        self._stopped = True
+        waits = [d for d in (peer.close() for peer in self._peers.values()) if d is not None]
+        self._peers = {}
+        # One more reactor turn: a connect aborted before it started leaves
+        # a zero-delay call behind that must run out first.
+        settle = deferLater(self.reactor, 0, lambda: None)
+        return DeferredList(waits + [settle])
+
+
+# -- plugin factories ------------------------------------------------------------
+
+def _options():
+    return {
+        "reliable": ("no", yes_no,
+                     "yes: each notification carries a numeric id and counts as delivered "
+                     "only when the peer's JSON-RPC reply with that id arrives; unanswered "
+                     "ones are sent again on the next connection"),
+        "connect_timeout": ("2", seconds, "seconds to wait for a TCP connection"),
+        "timeout": ("1", seconds,
+                    "reliable mode: seconds the oldest unanswered notification may wait "
+                    "for its reply before the connection is closed and opened again"),
+        "retries": ("3", count(1, 100),
+                    "reliable mode: sends of one notification before it counts as failed"),
+        "queue_size": ("1000", count(1, 1000000),
+                       "notifications waiting per destination while it is down or slow "
+                       "(and, in reliable mode, unanswered); when full the oldest is "
+                       "dropped and counted"),
+        "queue_timeout": ("10", seconds,
+                          "seconds a notification may wait for its destination before it "
+                          "counts as failed"),
+        "reconnect_delay": ("0.5", seconds,
+                            "seconds before the first reconnect; doubled after each failed "
+                            "connect"),
+        "reconnect_max_delay": ("30", seconds, "longest wait between two connects"),
+        "event_param": ("", method_name,
+                        "name of an extra first parameter carrying the event name "
+                        "(OpenSIPS event_param); empty: none"),
+    }
+
+
+def _builder(scheme, body):
+    def build(settings, context):
+        return StreamTransport(scheme, scheme, body, settings, context.statistics,
+                               context.reactor)
+    return build
+
+
+tcpTransport = TransportFactory(
+    "tcp", ("tcp",), _options(), _builder("tcp", "json"),
+    "JSON-RPC notifications over TCP, OpenSIPS 3.x body (event_stream)")
+
+jsonrpcTransport = TransportFactory(
+    "jsonrpc", ("jsonrpc",), _options(), _builder("jsonrpc", "jsonrpc24"),
+    "JSON-RPC notifications over TCP, OpenSIPS 2.4 body (event_jsonrpc)")
