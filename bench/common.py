@@ -14,3 +14,12 @@ def interrupt_on_sigterm():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def default_signals():
+    """
+    For child processes: die quietly on SIGTERM/SIGINT (the parent's
+    handlers, inherited by fork, would print a traceback).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

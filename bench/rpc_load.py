@@ -32,10 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import interrupt_on_sigterm  # noqa: E402
+from common import default_signals, interrupt_on_sigterm  # noqa: E402
 
 
 def _xmlrpc_receiver(ready):
+    default_signals()
     from socketserver import ThreadingMixIn
     from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
@@ -51,6 +52,7 @@ def _xmlrpc_receiver(ready):
 
 
 def _tcp_receiver(ready, reliable):
+    default_signals()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))

@@ -1,7 +1,8 @@
 """
 Runs every evsrv benchmark and prints their tables: the MI load generator
-against a real server process (bench/mi_load.py), then the in-process
-subscription store benchmark (bench/subscriptions.py).
+against a real server process (bench/mi_load.py), the in-process
+subscription store benchmark (bench/subscriptions.py), then the transport
+benchmarks (bench/rpc_load.py, bench/amqp_load.py).
 
 Run: ``make bench``, or ``.venv/bin/python bench/run_all.py [--duration S]
 [--passes N] [--json FILE]``. Takes about 75 s.
@@ -77,6 +78,13 @@ def main(argv=None):
     print()
     print(subscriptions.format_targets(subs))
     print()
+    # The per-transport benchmarks print their own tables.
+    for script in ("rpc_load.py", "amqp_load.py"):
+        if (HERE / script).exists():
+            print(f"== bench/{script} ==", flush=True)
+            if subprocess.run([sys.executable, str(HERE / script)]).returncode:
+                print(f"bench/{script} failed", file=sys.stderr)
+            print()
     print(f"(total {time.monotonic() - started:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"mi_load": rows, "subscriptions": subs},
