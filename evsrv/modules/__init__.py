@@ -37,26 +37,3 @@ class ModuleFactory(PluginFactory):
     A module plugin described by data.
     """
 
-
-def positive(kind):
-    """
-    An ini coercer for a positive C{kind} (int or float).
-    """
-    def coerce(text):
-        value = kind(text)
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-    return coerce
-
-
-def non_negative(kind):
-    """
-    An ini coercer for C{kind} >= 0 (0 usually means "off").
-    """
-    def coerce(text):
-        value = kind(text)
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    return coerce

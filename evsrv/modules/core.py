@@ -23,7 +23,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from evsrv.modules import ModuleFactory, non_negative, positive
+from evsrv.coercers import non_negative, positive
+from evsrv.modules import ModuleFactory
 
 THRESHOLD = "E_CORE_THRESHOLD"
 PKG_THRESHOLD = "E_CORE_PKG_THRESHOLD"

@@ -15,7 +15,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from evsrv.mi.controller import Command, MIError
-from evsrv.modules import ModuleFactory, positive
+from evsrv.coercers import positive
+from evsrv.modules import ModuleFactory
 
 EVENT = "E_PIKE_BLOCKED"
 

@@ -48,6 +48,7 @@ from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
 from evsrv.mi.controller import Command, MIError
+from evsrv.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
 from evsrv._wire import from_bytes
@@ -401,13 +402,6 @@ def _file_mode(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds (0 or more)")
-    return value
-
-
 def _build(settings, context):
     return FlatstoreTransport(
         "flatstore", context.statistics, context.reactor, context.base_dir,
@@ -421,6 +415,6 @@ flatstoreTransport = TransportFactory(
                    "separator between the fields of a line (one character; 'tab', 'space')"),
      "suppress_event_name": ("no", _boolean, "yes: lines start with the first value"),
      "file_mode": ("0644", _file_mode, "mode of the files flatstore creates (octal)"),
-     "close_idle": ("60", _seconds,
+     "close_idle": ("60", seconds,
                     "seconds after which a file not written to is closed (0: never)")},
     _build, "one line per raise appended to a file (event_flatstore)")

@@ -47,13 +47,14 @@ virtual outcome.
 
 import re
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination, Subscription
 from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
 
@@ -298,7 +299,7 @@ class VirtualTransport:
         if not any(isinstance(r, Deferred) for r in results):
             return self._combine(group, results)
         return DeferredList(
-            [r if isinstance(r, Deferred) else _fired(r) for r in results],
+            [r if isinstance(r, Deferred) else succeed(r) for r in results],
             consumeErrors=True,
         ).addCallback(lambda settled: self._combine(group, [r for _, r in settled]))
 
@@ -343,19 +344,6 @@ def _verdict(outcome, msub, failed_before):
     return FAILED, reason, False
 
 
-def _fired(value):
-    d = Deferred()
-    d.callback(value)
-    return d
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds (0 or more)")
-    return value
-
-
 def _build(settings, context):
     return VirtualTransport("virtual", context.statistics, context.reactor,
                             settings["failover_timeout"], context=context)
@@ -363,6 +351,6 @@ def _build(settings, context):
 
 virtualTransport = TransportFactory(
     "virtual", ("virtual",),
-    {"failover_timeout": ("30", _seconds,
+    {"failover_timeout": ("30", seconds,
                           "seconds a failed FAILOVER/ROUND-ROBIN member is skipped (0: never)")},
     _build, "PARALLEL, FAILOVER and ROUND-ROBIN groups of other sockets (event_virtual)")
