@@ -69,7 +69,7 @@ class IEventTransport(Interface):
         """
 
 
-class IModuleFactory(IPlugin):
+class IModule(IPlugin):
     """
     A module plugin: code that publishes events at start-up and raises them
     later (pike, core thresholds, third-party modules). Enabled by name from

@@ -12,7 +12,7 @@ from evsrv import __version__, plugins
 from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface
 from evsrv.evi.expiry import ExpiryService
-from evsrv.interfaces import IEventTransportFactory, IModuleFactory
+from evsrv.interfaces import IEventTransportFactory, IModule
 from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
 from evsrv.modules import ModuleContext
@@ -35,7 +35,7 @@ def module_factories() -> dict:
     """
     Every module plugin found in C{evsrv.plugins}, by name.
     """
-    return {f.name: f for f in getPlugins(IModuleFactory, plugins)}
+    return {f.name: f for f in getPlugins(IModule, plugins)}
 
 
 class EvsrvService(MultiService):

@@ -51,12 +51,9 @@ class RecordingTransport:
         outcome = Outcome()
         for sub in subscriptions:
             if sub.socket in self.fail:
-                sub.failure("refused by test")
-                outcome.failed += 1
-                outcome.errors.append((sub.socket, "refused by test"))
+                outcome.failed_for(sub, "refused by test")
             else:
-                sub.sent += 1
-                outcome.delivered += 1
+                outcome.sent_to(sub)
                 self.delivered.append((notification.event, notification.params, sub.socket))
         if not self.asynchronous:
             return outcome

@@ -48,6 +48,29 @@ class Outcome:
         self.dropped = dropped
         self.errors = errors if errors is not None else []
 
+    def sent_to(self, sub) -> None:
+        """
+        Count one notification delivered to C{sub}.
+        """
+        sub.sent += 1
+        self.delivered += 1
+
+    def failed_for(self, sub, reason: str) -> None:
+        """
+        Count one notification to C{sub} as failed, with the reason.
+        """
+        sub.failure(reason)
+        self.failed += 1
+        self.errors.append((sub.socket, reason))
+
+    def dropped_for(self, sub, reason: str) -> None:
+        """
+        Count one notification to C{sub} as dropped (it could not wait), with the reason.
+        """
+        sub.drop(reason)
+        self.dropped += 1
+        self.errors.append((sub.socket, reason))
+
     def add(self, other: "Outcome") -> None:
         self.delivered += other.delivered
         self.failed += other.failed

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zope.interface import implementer
 
-from evsrv.interfaces import IModuleFactory
+from evsrv.interfaces import IModule
 from evsrv.plugin_factory import PluginFactory
 
 
@@ -31,7 +31,7 @@ class ModuleContext:
     base_dir: Path = field(default_factory=Path.cwd)
 
 
-@implementer(IModuleFactory)
+@implementer(IModule)
 class ModuleFactory(PluginFactory):
     """
     A module plugin described by data.

@@ -35,15 +35,12 @@ class RouteTransport:
             runner = self.runner
             if runner is not None and runner.has_event_route(sub.address):
                 if runner.run_event_route(sub.address, notification):
-                    sub.sent += 1
-                    outcome.delivered += 1
+                    outcome.sent_to(sub)
                     continue
                 reason = "the event route raised an error"
             else:
                 reason = f"no event_route[{sub.address}] (the script was reloaded without it)"
-            sub.failure(reason)
-            outcome.failed += 1
-            outcome.errors.append((sub.socket, reason))
+            outcome.failed_for(sub, reason)
         self.counters.sent.value += outcome.delivered
         self.counters.failed.value += outcome.failed
         return outcome

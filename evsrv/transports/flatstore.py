@@ -170,12 +170,9 @@ class FlatstoreTransport(Service):
                                           self.delimiter, self.suppress_event_name)
                 reason = results[path] = self._write(path, line)
             if reason is None:
-                sub.sent += 1
-                outcome.delivered += 1
+                outcome.sent_to(sub)
             else:
-                sub.failure(reason)
-                outcome.failed += 1
-                outcome.errors.append((sub.socket, reason))
+                outcome.failed_for(sub, reason)
         self.counters.sent.value += outcome.delivered
         self.counters.failed.value += outcome.failed
         return outcome

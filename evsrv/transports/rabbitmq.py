@@ -327,20 +327,14 @@ class _Raise:
     def settled(self, entry, error):
         sub = entry.sub
         if error is None:
-            sub.sent += 1
-            self.outcome.delivered += 1
+            self.outcome.sent_to(sub)
             self.counters.sent.value += 1
+        elif isinstance(error, PublishDropped):
+            self.outcome.dropped_for(sub, str(error))
+            self.counters.dropped.value += 1
         else:
-            reason = str(error)
-            if isinstance(error, PublishDropped):
-                sub.drop(reason)
-                self.outcome.dropped += 1
-                self.counters.dropped.value += 1
-            else:
-                sub.failure(reason)
-                self.outcome.failed += 1
-                self.counters.failed.value += 1
-            self.outcome.errors.append((sub.socket, reason))
+            self.outcome.failed_for(sub, str(error))
+            self.counters.failed.value += 1
         self.remaining -= 1
         if self.remaining == 0:
             self.deferred.callback(self.outcome)

@@ -81,22 +81,17 @@ class DeliveryBatch:
         self.counters = counters
 
     def delivered(self, sub):
-        sub.sent += 1
-        self.outcome.delivered += 1
+        self.outcome.sent_to(sub)
         self.counters.sent.value += 1
         self._settled()
 
     def failed(self, sub, reason):
-        sub.failure(reason)
-        self.outcome.failed += 1
-        self.outcome.errors.append((sub.socket, reason))
+        self.outcome.failed_for(sub, reason)
         self.counters.failed.value += 1
         self._settled()
 
     def dropped(self, sub, reason):
-        sub.drop(reason)
-        self.outcome.dropped += 1
-        self.outcome.errors.append((sub.socket, reason))
+        self.outcome.dropped_for(sub, reason)
         self.counters.dropped.value += 1
         self._settled()
 

@@ -205,19 +205,14 @@ class VirtualTransport:
     def _account(self, result, sub, outcome):
         status, reason = result
         if status == SENT:
-            sub.sent += 1
-            outcome.delivered += 1
+            outcome.sent_to(sub)
             self.counters.sent.value += 1
-            return
-        if status == DROPPED:
-            sub.drop(reason)
-            outcome.dropped += 1
+        elif status == DROPPED:
+            outcome.dropped_for(sub, reason)
             self.counters.dropped.value += 1
         else:
-            sub.failure(reason)
-            outcome.failed += 1
+            outcome.failed_for(sub, reason)
             self.counters.failed.value += 1
-        outcome.errors.append((sub.socket, reason))
 
     def _order(self, group):
         """
