@@ -28,6 +28,8 @@ DEFAULT_INI = """\
 [mi]
 udp = 127.0.0.1:8080
 unix = /tmp/evsrv_mi.sock
+[http]
+listen = 127.0.0.1:8888
 """
 
 
@@ -62,6 +64,15 @@ class MIConfig:
 
 
 @dataclass
+class HTTPConfig:
+    listen: tuple | None = None   # (host, port); None: no HTTP site
+    mi_path: str = "/mi"          # "": no MI over HTTP
+    metrics_path: str = "/metrics"  # "": no metrics
+    max_request: int = 1048576    # bytes of request body; larger: 413
+    idle_timeout: float = 60.0    # seconds a connection may stay silent
+
+
+@dataclass
 class Config:
     source: str
     base_dir: Path
@@ -71,6 +82,7 @@ class Config:
     expiry_interval: float = 1.0
     script: Path | None = None
     modules: dict = field(default_factory=dict)  # name -> {key: value}, in load order
+    http: HTTPConfig = field(default_factory=HTTPConfig)
 
 
 def _udp_address(text: str) -> tuple:
@@ -110,6 +122,20 @@ def _datagram_size(text: str) -> int:
     value = int(text)
     if not 512 <= value <= 65507:
         raise ValueError("must be between 512 and 65507")
+    return value
+
+
+def _url_path(text: str) -> str:
+    if text and (not text.startswith("/") or not text.isascii() or not text.isprintable()
+                 or any(c in text for c in " ?#")):
+        raise ValueError("must be empty (off) or a URL path such as /mi")
+    return text
+
+
+def _request_size(text: str) -> int:
+    value = int(text)
+    if not 1024 <= value <= 1 << 30:
+        raise ValueError("must be between 1024 and 1073741824 bytes")
     return value
 
 
@@ -215,6 +241,16 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
             raise r.error("mi", "unix", f"UNIX socket path longer than 107 bytes: {path}")
         if not path.parent.is_dir():
             raise r.error("mi", "unix", f"directory {path.parent} does not exist")
+    http = HTTPConfig(
+        # off unless the ini says so; the embedded default turns it on
+        listen=r.get("http", "listen", "", lambda t: _udp_address(t) if t else None),
+        mi_path=r.get("http", "mi_path", "/mi", _url_path),
+        metrics_path=r.get("http", "metrics_path", "/metrics", _url_path),
+        max_request=r.get("http", "max_request", "1048576", _request_size),
+        idle_timeout=r.get("http", "idle_timeout", "60", _positive_float),
+    )
+    if http.mi_path and http.mi_path == http.metrics_path:
+        raise r.error("http", "metrics_path", "must differ from mi_path")
     events = r.get("events", "publish", "", lambda t: [_event_name(e) for e in _list(t)])
     expiry_interval = r.get("expiry", "interval", "1.0", _positive_float)
 
@@ -228,13 +264,13 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
     script = r.get("script", "path", "", lambda t: r.path(t) if t else None)
     if script is not None and not script.is_file():
         raise r.error("script", "path", f"no such file: {script}")
-    known = {"mi", "events", "expiry", "transports", "modules", "script"}
+    known = {"mi", "http", "events", "expiry", "transports", "modules", "script"}
     known.update(f"transport:{name}" for name in transport_factories)
     known.update(f"module:{name}" for name in module_factories)
     r.check_unknown(known)
     return Config(source=source, base_dir=base_dir, mi=mi, events=events,
                   transports=transports, expiry_interval=expiry_interval, script=script,
-                  modules=modules)
+                  modules=modules, http=http)
 
 
 def read_config(path, transport_factories: dict, module_factories: dict | None = None) -> Config:

@@ -30,7 +30,9 @@ echo it, and datagrams with another C{id} are ignored until the timeout.
    C{127.0.0.1:8080}) or C{-s PATH} (UNIX datagram). With C{-s} the client
    binds a socket file of its own in the temporary directory for the reply,
    writable by all so that a server running as another user can answer, and
-   removes it afterwards.
+   removes it afterwards. C{--http URL} uses the HTTP MI instead (JSON-RPC
+   by POST, e.g. C{http://127.0.0.1:8888/mi}; default C{$EVSRV_MI_HTTP} when
+   set), whose replies have no size limit.
 
 Output
 ======
@@ -73,6 +75,8 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 from evsrv import __version__
 
@@ -80,6 +84,7 @@ DEFAULT_ADDRESS = "127.0.0.1:8080"
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_EXPIRE = 3600
 ENV_ADDRESS = "EVSRV_MI"
+ENV_HTTP = "EVSRV_MI_HTTP"
 RECV_SIZE = 65536
 STATISTICS_COMMANDS = ("get_statistics", "list_statistics", "reset_statistics")
 
@@ -290,6 +295,60 @@ class MIClient:
         return Reply("text", text, data)
 
 
+class HTTPMIClient:
+    """
+    A blocking client of the HTTP MI (JSON-RPC 2.0 by POST), with the
+    interface of L{MIClient}.
+    """
+
+    def __init__(self, url: str, timeout=DEFAULT_TIMEOUT):
+        self.url = url
+        self.where = url
+        self.timeout = timeout
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, method: str, params=None) -> Reply:
+        request_id = secrets.randbelow(2 ** 31 - 1) + 1
+        request = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            request["params"] = params
+        request["id"] = request_id
+        payload = json.dumps(request, separators=(",", ":"), ensure_ascii=False)
+        http_request = urllib.request.Request(
+            self.url, payload.encode("utf-8", "surrogateescape"),
+            {"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(http_request, timeout=self.timeout) as answer:
+                data = answer.read()
+        except urllib.error.HTTPError as e:
+            data = e.read()  # 400 Parse_error and the like: shown as text
+            e.close()
+            return Reply("text", data.decode("utf-8", "replace") or f"HTTP {e.code}", data)
+        except urllib.error.URLError as e:
+            raise CtlError(f"cannot reach {self.url}: {getattr(e, 'reason', e)}: "
+                           f"is evsrv running?") from None
+        except (OSError, ValueError) as e:
+            raise CtlError(f"no reply from {self.url}: {e}") from None
+        try:
+            message = json.loads(data.decode("utf-8", "replace"))
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and message.get("id") in (request_id, None):
+            if "error" in message:
+                return Reply("error", message["error"], data)
+            if "result" in message:
+                return Reply("result", message["result"], data)
+        return Reply("text", data.decode("utf-8", "replace"), data)
+
+
 # -- output ----------------------------------------------------------------------
 
 
@@ -437,6 +496,9 @@ def _add_common(parser, suppress: bool, with_request=True):
                        help=f"UDP MI address (default: ${ENV_ADDRESS} or {DEFAULT_ADDRESS})")
     where.add_argument("-s", "--socket", metavar="PATH", default=default,
                        help="UNIX datagram MI socket, instead of UDP")
+    where.add_argument("--http", metavar="URL", default=default,
+                       help=f"the HTTP MI (e.g. http://127.0.0.1:8888/mi; default: "
+                            f"${ENV_HTTP} when set), instead of UDP")
     where.add_argument("-t", "--timeout", metavar="SECONDS", type=_timeout,
                        default=argparse.SUPPRESS if suppress else DEFAULT_TIMEOUT,
                        help=f"how long to wait for a reply (default: {DEFAULT_TIMEOUT:g})")
@@ -456,8 +518,8 @@ def _command_parser(second_pass: bool):
     """
     parser = argparse.ArgumentParser(
         prog="evsrv-ctl", description=DESCRIPTION, epilog=EPILOG,
-        usage="%(prog)s [-a HOST:PORT | -s PATH] [-t SECONDS] [-j JSON] [--raw] "
-              "COMMAND [ARG ...]",
+        usage="%(prog)s [-a HOST:PORT | -s PATH | --http URL] [-t SECONDS] [-j JSON] "
+              "[--raw] COMMAND [ARG ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     if second_pass:
         _add_common(parser, suppress=True)
@@ -520,9 +582,14 @@ def parse_arguments(argv):
         if options.json is not None and options.args:
             parser.error("give the params either as ARGs or with -j/--json, not both")
     del options.rest
-    if options.socket is not None and options.address is not None:
-        parser.error("-a/--address and -s/--socket are exclusive")
-    if options.socket is None and options.address is None:
+    if sum(o is not None for o in (options.socket, options.address, options.http)) > 1:
+        parser.error("-a/--address, -s/--socket and --http are exclusive")
+    if options.http is not None and not options.http.startswith(("http://", "https://")):
+        parser.error(f"--http: expected an http:// URL, got {options.http!r}")
+    if (options.socket is None and options.address is None and options.http is None
+            and os.environ.get(ENV_HTTP)):
+        options.http = os.environ[ENV_HTTP]
+    if options.socket is None and options.address is None and options.http is None:
         env = os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS
         try:
             options.address = split_host_port(env)
@@ -544,7 +611,9 @@ def request_params(command: str, args, json_params=None):
     return list(args)
 
 
-def _client(options) -> MIClient:
+def _client(options):
+    if options.http is not None:
+        return HTTPMIClient(options.http, options.timeout)
     return MIClient(options.address, options.socket, options.timeout)
 
 

@@ -12,6 +12,7 @@ from evsrv import __version__, plugins
 from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface
 from evsrv.evi.expiry import ExpiryService
+from evsrv.http.site import HTTPListenError, HTTPService, build_site
 from evsrv.interfaces import IEventTransportFactory, IModule
 from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
@@ -102,6 +103,8 @@ class EvsrvService(MultiService):
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")
         self.mi_ports = []
         self._mi_paths = []
+        self.http = None  # the HTTPService once listening
+        self.http_dispatcher = MIDispatcher(self.controller, None)  # no size limit
 
     def _load_script(self, path):
         self.script = ScriptRunner(path, self.evi, self.reactor, self.statistics)
@@ -148,14 +151,47 @@ class EvsrvService(MultiService):
                 self.mi_ports.append(listen_unix(self.reactor, protocol, str(path),
                                                  mi.unix_mode))
                 self._mi_paths.append(str(path))
-        except ListenError as e:
+            http = self._listen_http()
+        except (ListenError, HTTPListenError) as e:
             for port in self.mi_ports:
                 port.stopListening()
             self.mi_ports = []
+            if isinstance(e, HTTPListenError):
+                raise ConfigError(self.config.source, "http", "listen", str(e)) from None
             key = "udp" if str(e).startswith("cannot listen on udp:") else "unix"
             raise ConfigError(self.config.source, "mi", key, str(e)) from None
         ListeningPorts(self.mi_ports, self._mi_paths).setServiceParent(self)
+        if http is not None:
+            self.http = http
+            http.setServiceParent(self)
+            if self.config.http.mi_path:
+                self.dispatcher.large_reply_hint += (
+                    f", or use the HTTP MI {self.http_mi_url()}, which has no size limit")
         return self.mi_ports
+
+    def _listen_http(self):
+        http = self.config.http
+        if http.listen is None:
+            return None
+        site = build_site(http, self.reactor, self.statistics, self.evi, self.controller,
+                          self.http_dispatcher)
+        service = HTTPService(site, self.reactor, *http.listen)
+        service.listen()
+        return service
+
+    def http_mi_url(self):
+        """
+        The URL of the HTTP MI (with the real port), or C{None} when it is off.
+        """
+        if self.http is None or not self.config.http.mi_path:
+            return None
+        return self.http.base_url + self.config.http.mi_path
+
+    def http_url(self, path=""):
+        """
+        C{http://HOST:PORT} of the HTTP site plus C{path} (handy with port 0).
+        """
+        return self.http.base_url + path
 
     def startService(self):
         super().startService()
@@ -164,6 +200,12 @@ class EvsrvService(MultiService):
             where = (f"udp:{host.host}:{host.port}" if hasattr(host, "port")
                      else f"unix:{host.name.decode() if isinstance(host.name, bytes) else host.name}")
             self._log.info("MI listening on {where}", where=where)
+        if self.http is not None:
+            http = self.config.http
+            self._log.info("HTTP listening on {url} (metrics: {metrics})",
+                           url=self.http.base_url + (http.mi_path or "/"),
+                           metrics=(self.http.base_url + http.metrics_path
+                                    if http.metrics_path else "off"))
         self._log.info("evsrv {version} started: {events} events, transports {transports}",
                        version=__version__, events=len(self.evi.events),
                        transports=", ".join(self.transports) or "none")

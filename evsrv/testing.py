@@ -89,8 +89,9 @@ class ServerProcess:
     """
     A real evsrv process, started with C{twist} (or C{twistd -n}) on an ini
     file, its UDP MI address (C{udp}, first listener; give it port 0) read
-    from its log line "MI listening on udp:HOST:PORT". For blocking tests
-    and benchmarks.
+    from its log line "MI listening on udp:HOST:PORT", and the URL of its
+    HTTP MI (C{http}, C{None} when the ini has no C{[http] listen}) from
+    "HTTP listening on URL". For blocking tests and benchmarks.
     """
 
     def __init__(self, ini: Path, runner="twist", pythonpath=None, preexec_fn=None,
@@ -110,12 +111,15 @@ class ServerProcess:
                                         env=env, cwd=str(ini.parent), preexec_fn=preexec_fn)
         self.pid = self.process.pid
         self.udp = None
+        self.http = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
             match = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
             if match and "started:" in text:
                 self.udp = (match.group(1), int(match.group(2)))
+                http = re.search(r"HTTP listening on (http://\S+)", text)
+                self.http = http.group(1) if http else None
                 break
             if self.process.poll() is not None:
                 break

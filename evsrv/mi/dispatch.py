@@ -33,6 +33,14 @@ class MIDispatcher:
             return self._text(data)
         return self._json(data)
 
+    def handle_json(self, data: bytes) -> Deferred:
+        """
+        JSON-RPC only (the HTTP MI, as OpenSIPS mi_http: no 1.x text).
+
+        @return: as L{handle}.
+        """
+        return self._json(data)
+
     # -- JSON-RPC -------------------------------------------------------------
 
     def _json(self, data):

@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_http_mi -*-
+"""
+The twisted.web site on the C{[http]} port: the MI resource at C{mi_path}
+and the metrics at C{metrics_path}; any other path is a 404.
+
+Hostile or broken clients:
+ - a request body larger than C{max_request} is refused with 413 and the
+   connection closed as soon as its C{Content-Length} (or, chunked, the bytes
+   received) says so; nothing beyond the cap is kept in memory;
+ - request line and headers are capped by twisted.web (16 KiB, 500 headers:
+   400 and the connection closed);
+ - a slow or silent client only holds its own connection: twisted.web reads
+   and writes without blocking, and closes a connection idle for
+   C{idle_timeout} seconds; a client that does not read a large reply only
+   grows its own connection's send buffer.
+Access lines are logged at debug level only (one per request would drown the
+log of a scraped server).
+"""
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from evsrv.http.metrics import MetricsResource
+from evsrv.http.mi import MIResource
+
+_TOO_LARGE = b"413 Request body too large"
+
+
+class HTTPListenError(Exception):
+    """
+    The HTTP port could not be opened; the message says where and why.
+    """
+
+
+class CappedRequest(Request):
+    """
+    A request whose body may not exceed the site's C{max_request} bytes.
+    """
+    _too_large = False
+    _received = 0
+
+    def gotLength(self, length):
+        self._received = 0
+        if length is not None and length > self.channel.site.max_request:
+            super().gotLength(0)
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_request:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if self._too_large:
+            return  # already answered; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse(self):
+        # Answered at once (not after reading a body we will not keep), then
+        # the connection is closed: the client cannot make us read more.
+        self._too_large = True
+        # twisted.web would answer "100 Continue" right after this call
+        self.requestHeaders.removeHeader(b"Expect")
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\n"
+                        b"Content-Type: text/plain; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(_TOO_LARGE), _TOO_LARGE))
+        self.channel.site.too_large.value += 1
+        self.channel.loseConnection()
+
+
+class _Paths(Resource):
+    """
+    Exact paths to leaf resources (C{/mi}, C{/metrics}), whatever they are
+    configured to be.
+    """
+    isLeaf = True
+
+    def __init__(self, routes):
+        super().__init__()
+        self.routes = routes
+
+    def render(self, request):
+        target = self.routes.get(request.path)
+        if target is None:
+            request.setResponseCode(404)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"404 Not Found"
+        return target.render(request)
+
+
+class EvsrvSite(Site):
+    """
+    The site; it also keeps its open connections so that stopping the server
+    closes them (and their timers) rather than leaving them to the reactor.
+    """
+    requestFactory = CappedRequest
+    _log = Logger()
+
+    def __init__(self, resource, reactor, max_request, idle_timeout, statistics):
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        self.max_request = max_request
+        self.too_large = statistics.counter("http", "requests_too_large")
+        self._requests = statistics.counter("http", "requests")
+        self.connections = {}  # transport -> Deferred fired when it is gone
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = Deferred()
+        made, original_lost = protocol.makeConnection, protocol.connectionLost
+        transports = []
+
+        def make_connection(transport):
+            transports.append(transport)
+            self.connections[transport] = lost
+            made(transport)
+
+        def connection_lost(reason):
+            if transports:
+                self.connections.pop(transports[0], None)
+            try:
+                original_lost(reason)
+            finally:
+                lost.callback(None)
+        protocol.makeConnection = make_connection
+        protocol.connectionLost = connection_lost
+        return protocol
+
+    # Twisted's access log (and its once-a-second clock) is replaced by a
+    # debug line per request.
+    def startFactory(self):
+        pass
+
+    def stopFactory(self):
+        pass
+
+    def log(self, request):
+        self._requests.value += 1
+        self._log.debug("HTTP {method} {path} {code} {length}",
+                        method=request.method.decode("latin-1"),
+                        path=request.uri.decode("latin-1")[:200],
+                        code=request.code, length=request.sentLength)
+
+    def close_connections(self):
+        """
+        Close every open connection. @return: Deferred fired once all are gone.
+        """
+        waiting = list(self.connections.values())
+        for transport in list(self.connections):
+            transport.abortConnection()
+        return gatherResults(waiting)
+
+
+def build_site(http_config, reactor, statistics, evi, controller, dispatcher):
+    """
+    @param http_config: L{evsrv.config.HTTPConfig}.
+    @param dispatcher: the MI dispatcher of the HTTP MI (no reply size limit).
+    """
+    routes = {}
+    if http_config.mi_path:
+        routes[http_config.mi_path.encode()] = MIResource(dispatcher)
+    if http_config.metrics_path:
+        routes[http_config.metrics_path.encode()] = MetricsResource(statistics, evi, controller)
+    return EvsrvSite(_Paths(routes), reactor, http_config.max_request,
+                     http_config.idle_timeout, statistics)
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class HTTPService(Service):
+    """
+    The listening HTTP port: opened by L{listen} before the reactor runs (so
+    a taken address stops start-up), closed with its connections at stop.
+    """
+    _log = Logger()
+
+    def __init__(self, site, reactor, host, port):
+        self.site = site
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.listening = None
+        self.base_url = None  # "http://HOST:PORT" once listening (the real port)
+
+    def listen(self):
+        try:
+            self.listening = self.reactor.listenTCP(self.port, self.site, interface=self.host)
+        except CannotListenError as e:
+            raise HTTPListenError(f"cannot listen on http://{url_host(self.host)}:{self.port}: "
+                                  f"{e.socketError}") from None
+        address = self.listening.getHost()
+        self.base_url = f"http://{url_host(address.host)}:{address.port}"
+        return self.listening
+
+    def stopService(self):
+        super().stopService()
+        if self.listening is None:
+            return None
+        listening, self.listening = self.listening, None
+        return gatherResults([maybeDeferred(listening.stopListening),
+                             self.site.close_connections()])
