@@ -70,6 +70,8 @@ class HTTPConfig:
     metrics_path: str = "/metrics"  # "": no metrics
     max_request: int = 1048576    # bytes of request body; larger: 413
     idle_timeout: float = 60.0    # seconds a connection may stay silent
+    status_path: str = "/status"  # "": no status page
+    status_recent: int = 20       # raised events the status page lists
 
 
 @dataclass
@@ -130,6 +132,13 @@ def _url_path(text: str) -> str:
                  or any(c in text for c in " ?#")):
         raise ValueError("must be empty (off) or a URL path such as /mi")
     return text
+
+
+def _status_recent(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 1000:
+        raise ValueError("must be between 0 and 1000")
+    return value
 
 
 def _request_size(text: str) -> int:
@@ -248,9 +257,13 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         metrics_path=r.get("http", "metrics_path", "/metrics", _url_path),
         max_request=r.get("http", "max_request", "1048576", _request_size),
         idle_timeout=r.get("http", "idle_timeout", "60", _positive_float),
+        status_path=r.get("http", "status_path", "/status", _url_path),
+        status_recent=r.get("http", "status_recent", "20", _status_recent),
     )
     if http.mi_path and http.mi_path == http.metrics_path:
         raise r.error("http", "metrics_path", "must differ from mi_path")
+    if http.status_path and http.status_path in (http.mi_path, http.metrics_path):
+        raise r.error("http", "status_path", "must differ from mi_path and metrics_path")
     events = r.get("events", "publish", "", lambda t: [_event_name(e) for e in _list(t)])
     expiry_interval = r.get("expiry", "interval", "1.0", _positive_float)
 

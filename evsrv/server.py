@@ -4,6 +4,8 @@ Assembles a running evsrv from a L{Config}: the event interface, the
 transports, the expiry timer and the MI listeners, under one MultiService.
 """
 
+import collections
+
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -65,6 +67,8 @@ class EvsrvService(MultiService):
                 transport.setServiceParent(self)
 
         self.evi = context.evi = EventInterface(reactor, by_scheme, self.statistics)
+        if config.http.listen is not None and config.http.status_path:
+            self.evi.recent_raises = collections.deque(maxlen=config.http.status_recent)
         for name in CORE_EVENTS:
             self.evi.publish(name)
         ExpiryService(self.evi, config.expiry_interval, clock=reactor).setServiceParent(self)

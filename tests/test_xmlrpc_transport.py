@@ -48,7 +48,7 @@ class Warnings:
         self.events = []
 
     def __call__(self, event):
-        if "where" in event and "reason" in event:
+        if "socket" in event and "reason" in event:
             self.events.append(event)
 
 
@@ -151,7 +151,7 @@ def test_overall_timeout_and_logged_once(warnings_seen):
     assert results[0].errors[0][1] == "no answer within 3.0 s"
     assert all(c._disconnected for c in clock.connectors)  # connections closed
     assert len(warnings_seen.events) == 1
-    assert warnings_seen.events[0]["where"] == "xmlrpc:127.0.0.1:8081:m"
+    assert warnings_seen.events[0]["socket"] == "xmlrpc:127.0.0.1:8081:m"
     assert counters(evi) == (0, 3, 0)
 
 
@@ -275,7 +275,7 @@ def test_fault_and_refused_are_failures_logged_once(server_factory, python_xmlrp
         assert (report.delivered, report.failed) == (0, 2)
     assert sorted(reason for _, reason in report.errors) == [
         "connection refused", "fault 42: refused by the peer"]
-    assert sorted(e["where"] for e in warnings_seen.events) == sorted([
+    assert sorted(e["socket"] for e in warnings_seen.events) == sorted([
         f"xmlrpc:127.0.0.1:{closed_port}:m",
         f"xmlrpc:127.0.0.1:{python_xmlrpc_server.port}:fail"])  # once each, not per raise
     subs = server.evi.event("E_TEST").subscriptions

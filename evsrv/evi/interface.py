@@ -4,6 +4,8 @@ The Event Interface: events, subscriptions and raising, independent of any
 listener. The MI, the routing script and modules all go through it.
 """
 
+import collections
+
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
@@ -58,6 +60,9 @@ class EventInterface:
         # callables (report, seconds) told how long each delivery took
         # (the core module's E_CORE_THRESHOLD); empty: nothing is measured
         self.report_observers = []
+        # the last raises as (time, name, params, DeliveryReport), for the
+        # HTTP status page; maxlen 0 (nothing kept) unless the server sets it
+        self.recent_raises = collections.deque(maxlen=0)
 
     # -- events ---------------------------------------------------------
 
@@ -141,13 +146,14 @@ class EventInterface:
                 if sub is not None:
                     self.store.remove(sub)
                     self._log.info("{socket} unsubscribed from {event}",
-                                   socket=sub.socket, event=event.name)
+                                   socket=sub.socket, event=event.name,
+                                   transport=transport.name)
                 return None
             sub, created = self.store.subscribe(
                 event, destination, transport, expire or None, self.clock.seconds(), origin)
             if created:
                 self._log.info("{socket} subscribed to {event} (expire {expire})",
-                               socket=sub.socket, event=event.name,
+                               socket=sub.socket, event=event.name, transport=transport.name,
                                expire=sub.expire if sub.expire is not None else "never")
             return sub
         return d.addCallback(parsed)
@@ -237,6 +243,8 @@ class EventInterface:
         event.raised += 1
         self._raised.value += 1
         report = DeliveryReport(name, len(subs))
+        # the report object itself: its totals fill in as deliveries settle
+        self.recent_raises.append((self.clock.seconds(), name, params, report))
         if not subs:
             self._no_subscribers.value += 1
             return succeed(report)

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_http_mi -*-
 """
-The twisted.web site on the C{[http]} port: the MI resource at C{mi_path}
-and the metrics at C{metrics_path}; any other path is a 404.
+The twisted.web site on the C{[http]} port: the MI resource at C{mi_path},
+the metrics at C{metrics_path} and the status page at C{status_path}; any
+other path is a 404.
 
 Hostile or broken clients:
  - a request body larger than C{max_request} is refused with 413 and the
@@ -26,6 +27,7 @@ from twisted.web.server import Request, Site
 
 from evsrv.http.metrics import MetricsResource
 from evsrv.http.mi import MIResource
+from evsrv.http.status import StatusResource
 
 _TOO_LARGE = b"413 Request body too large"
 
@@ -172,6 +174,8 @@ def build_site(http_config, reactor, statistics, evi, controller, dispatcher):
         routes[http_config.mi_path.encode()] = MIResource(dispatcher)
     if http_config.metrics_path:
         routes[http_config.metrics_path.encode()] = MetricsResource(statistics, evi, controller)
+    if http_config.status_path:
+        routes[http_config.status_path.encode()] = StatusResource(statistics, evi, reactor)
     return EvsrvSite(_Paths(routes), reactor, http_config.max_request,
                      http_config.idle_timeout, statistics)
 

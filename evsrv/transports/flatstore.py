@@ -204,7 +204,7 @@ class FlatstoreTransport(Service):
         self.lines_written.value += 1
         if path in self._failing:
             self._failing.discard(path)
-            self._log.info("flatstore: writing to {path} again", path=path)
+            self._log.info("flatstore: writing to {path} again", path=path, transport=self.name)
         return None
 
     def _truncate(self, f, done):
@@ -243,7 +243,8 @@ class FlatstoreTransport(Service):
         if path not in self._failing:
             self._failing.add(path)
             self._log.warn("flatstore: cannot write to {path}: {reason} "
-                           "(retried at every raise; logged once)", path=path, reason=reason)
+                           "(retried at every raise; logged once)", path=path, reason=reason,
+                           transport=self.name)
         return reason
 
     def _close(self, path):
@@ -278,7 +279,8 @@ class FlatstoreTransport(Service):
         if known:
             self._close(path)
             self.rotations.value += 1
-            self._log.info("flatstore: {path} reopened at its next line (rotate)", path=path)
+            self._log.info("flatstore: {path} reopened at its next line (rotate)", path=path,
+                           transport=self.name)
         return known
 
     def _subscribed(self, path) -> bool:
@@ -308,7 +310,8 @@ class FlatstoreTransport(Service):
         self.rotations.value += 1
         for path in list(self.files):
             self._close(path)
-        self._log.info("flatstore: SIGHUP, every file reopened at its next line")
+        self._log.info("flatstore: SIGHUP, every file reopened at its next line",
+                       transport=self.name)
 
     def mi_commands(self):
         def rotate(call):

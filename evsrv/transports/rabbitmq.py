@@ -703,9 +703,9 @@ class BrokerConnection:
         if self._logged_down:
             self._log.info("rabbitmq: {connection} connected again; {queued} queued "
                            "notification(s) to publish",
-                           connection=self.label, queued=len(self.queue))
+                           connection=self.label, transport=self.transport.name, queued=len(self.queue))
         else:
-            self._log.info("rabbitmq: {connection} connected", connection=self.label)
+            self._log.info("rabbitmq: {connection} connected", connection=self.label, transport=self.transport.name)
         self._logged_down = False
         self._pump()
 
@@ -722,7 +722,7 @@ class BrokerConnection:
             self._logged_down = True
             self._log.warn("rabbitmq: {connection} unavailable ({reason}); notifications "
                            "are queued (up to {size}, {age:g} s) until it is back",
-                           connection=self.label, reason=reason,
+                           connection=self.label, transport=self.transport.name, reason=reason,
                            size=self.transport.queue_size, age=self.transport.max_age)
 
     def _lost(self, protocol, reason):
@@ -810,7 +810,7 @@ class BrokerConnection:
         self.republished.value += len(keep)
         self.queue.extendleft(reversed(keep))
         self._log.warn("rabbitmq: {connection}: channel closed by the broker ({detail}); "
-                       "reopening it", connection=self.label, detail=detail)
+                       "reopening it", connection=self.label, transport=self.transport.name, detail=detail)
         self._reopen_channel(protocol)
 
     def _reopen_channel(self, protocol):

@@ -114,11 +114,13 @@ class Health:
     starts failing (or fails differently) and once when it recovers, never
     once per notification.
     """
-    __slots__ = ("log", "where", "kind", "failures")
+    __slots__ = ("log", "where", "transport", "kind", "failures")
 
-    def __init__(self, log, where):
+    def __init__(self, log, where, transport=None):
         self.log = log
+        # the destination's text, logged as the "socket" field
         self.where = where
+        self.transport = transport
         self.kind = None
         self.failures = 0
 
@@ -126,13 +128,13 @@ class Health:
         self.failures += 1
         if kind != self.kind:
             self.kind = kind
-            self.log.warn("{where}: {reason} (logged once until it changes or recovers)",
-                          where=self.where, reason=reason)
+            self.log.warn("{socket}: {reason} (logged once until it changes or recovers)",
+                          socket=self.where, transport=self.transport, reason=reason)
 
     def success(self):
         if self.kind is not None:
-            self.log.info("{where}: works again after {count} failure(s)",
-                          where=self.where, count=self.failures)
+            self.log.info("{socket}: works again after {count} failure(s)",
+                          socket=self.where, transport=self.transport, count=self.failures)
             self.kind = None
             self.failures = 0
 
@@ -351,7 +353,7 @@ class _Peer:
         self.queue = collections.deque()
         self.unanswered = {}  # id -> entry, in send order
         self.failures = 0     # consecutive connect failures (backoff exponent)
-        self.health = Health(transport._log, label)
+        self.health = Health(transport._log, label, transport.name)
         self._retry = self._expiry = self._reply_timer = None
         self._closed = None   # Deferred fired when the connection is gone (stop)
         self._aborted = False  # we closed it ourselves (already logged why)

@@ -268,7 +268,8 @@ class VirtualTransport:
             elif member.down_until:
                 member.down_until = 0.0
                 self._log.info("{socket}: member {member} delivers again",
-                               socket=sub.socket, member=member.text)
+                               socket=sub.socket, member=member.text, transport=self.name,
+                               event=sub.event.name)
             return SENT, None
         reasons.append((status, f"{member.text}: {reason}"))
         self._mark_down(group, member, sub, reason)
@@ -281,6 +282,7 @@ class VirtualTransport:
             # logged once per failing spell, not once per raise
             self._log.warn("{socket}: member {member} failed ({reason}); skipped for "
                            "{seconds} s", socket=sub.socket, member=member.text,
+                           transport=self.name, event=sub.event.name,
                            reason=reason, seconds=self.failover_timeout)
         member.down_until = self.clock.seconds() + self.failover_timeout
 
@@ -320,7 +322,8 @@ class VirtualTransport:
         except Exception as e:
             # a member transport's bug: this member failed, the others go on
             self._log.failure("{socket}: member {member} raised",
-                              socket=sub.socket, member=member.text)
+                              socket=sub.socket, member=member.text, transport=self.name,
+                              event=sub.event.name)
             return FAILED, f"internal error: {e}", False
         if isinstance(result, Deferred):
             return result.addCallbacks(

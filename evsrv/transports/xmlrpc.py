@@ -151,7 +151,7 @@ class _XMLRPCDestination:
         self.proxy.queryFactory = transport._query_factory
         self.calls = set()  # Deferreds in flight
         self.queue = collections.deque()
-        self.health = Health(transport._log, key)
+        self.health = Health(transport._log, key, transport.name)
 
     def send(self, job):
         t = self.transport
