@@ -184,3 +184,48 @@ def test_commands_counted_by_name():
     assert values[("evsrv_mi_command_errors_total", frozenset({("command", "bad_cmd")}))] == 1
     assert ("evsrv_mi_command_requests_total",
             frozenset({("command", "ok_alias")})) not in values
+
+
+@pytest_twisted.inlineCallbacks
+def test_queue_depth_and_state_per_destination(server_factory, client):
+    """
+    A tcp: destination that refuses connections: its queue depth and
+    connection state are exported per destination.
+    """
+    port = closed_port()
+    server = server_factory(HTTP_INI + "[transport:tcp]\nqueue_timeout = 30\n")
+    yield server.evi.subscribe("E_TEST", f"tcp:127.0.0.1:{port}", 3600)
+    server.evi.raise_event("E_TEST", {"n": 1})
+    values, types = yield scrape(server, client)
+    labels = frozenset({("transport", "tcp"), ("destination", f"tcp:127.0.0.1:{port}")})
+    assert types["evsrv_destination_queued"] == "gauge"
+    assert values[("evsrv_destination_queued", labels)] == 1
+    assert values[("evsrv_destination_connected", labels)] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_xmlrpc_calls_in_flight_per_destination(server_factory):
+    port = closed_port()
+    server = server_factory(HTTP_INI)
+    yield server.evi.subscribe("E_TEST", f"xmlrpc:127.0.0.1:{port}:notify", 3600)
+    d = server.evi.raise_event("E_TEST", {"n": 1})
+    # before the reactor runs again, the call is in flight
+    values, _ = exposition(server.statistics, server.evi, server.controller)
+    labels = frozenset({("transport", "xmlrpc"),
+                        ("destination", f"xmlrpc:127.0.0.1:{port}:notify")})
+    assert values[("evsrv_destination_in_flight", labels)] == 1
+    assert values[("evsrv_destination_queued", labels)] == 0
+    report = yield d  # the port refuses: the call fails, counted
+    assert report.failed == 1
+
+
+def closed_port() -> int:
+    """
+    A loopback TCP port nobody listens on (connections are refused).
+    """
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

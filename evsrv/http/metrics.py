@@ -52,6 +52,30 @@ class EvsrvCollector:
         yield from self._events()
         yield from self._notifications()
         yield from self._mi_commands()
+        yield from self._destinations()
+
+    def _destinations(self):
+        """
+        C{evsrv_destination_<name>{transport, destination}} gauges from the
+        transports that report per-destination state (tcp, jsonrpc, xmlrpc).
+        """
+        families = {}
+        transports = {id(t): t for t in self.evi.transports.values()}.values()
+        for transport in transports:
+            report = getattr(transport, "destinations", None)
+            if report is None:
+                continue
+            for row in report():
+                for name, value in row.items():
+                    if name == "destination":
+                        continue
+                    family = families.get(name)
+                    if family is None:
+                        family = families[name] = GaugeMetricFamily(
+                            metric_name("destination", name),
+                            f"Per destination: {name}", labels=["transport", "destination"])
+                    family.add_metric([transport.name, row["destination"]], value)
+        yield from families.values()
 
     def _generic(self):
         families = {}

@@ -691,6 +691,16 @@ class StreamTransport(Service):
             peer.send(_Entry(payload, sub, batch, ident, now))
         return batch.result()
 
+    def destinations(self):
+        """
+        One snapshot per destination the transport holds a connection (or a
+        queue) for: what the metrics show per destination.
+        """
+        for peer in list(self._peers.values()):
+            yield {"destination": peer.label, "connected": int(peer.state == "connected"),
+                   "failing": int(peer.health.kind is not None), "queued": len(peer.queue),
+                   "unanswered": len(peer.unanswered)}
+
     def _forget(self, peer):
         # An idle peer with nothing to send costs nothing to rebuild; keeping
         # it would grow the table with every address ever subscribed. A peer

@@ -295,6 +295,15 @@ class XMLRPCTransport(Service):
             d, self._all_closed = self._all_closed, None
             d.callback(None)
 
+    def destinations(self):
+        """
+        One snapshot per destination: calls in flight, queue depth, failing.
+        """
+        for destination in list(self._destinations.values()):
+            yield {"destination": destination.key, "in_flight": len(destination.calls),
+                   "queued": len(destination.queue),
+                   "failing": int(destination.health.kind is not None)}
+
     def stopService(self):
         super().stopService()
         self._stopped = True
