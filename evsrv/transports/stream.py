@@ -366,10 +366,8 @@ class _Peer:
             self._write(entry)
             return
         self.queue.append(entry)
-        t.queued += 1
         if len(self.queue) > t.queue_size:
             oldest = self.queue.popleft()
-            t.queued -= 1
             oldest.dropped(f"queue full ({t.queue_size} waiting for {self.label})")
         if self.state == "idle":
             self._connect()
@@ -384,7 +382,6 @@ class _Peer:
         if self.transport.reliable:
             self.unanswered[entry.id] = entry
             entry.queued_at = self.transport.reactor.seconds()
-            self.transport.unanswered += 1
             self._arm_reply_timer()
             self.protocol.transport.write(entry.payload)
         else:
@@ -395,7 +392,6 @@ class _Peer:
     def flush(self):
         queue = self.queue
         while queue and self._can_write():
-            self.transport.queued -= 1
             self._write(queue.popleft())
         if not queue:
             self._cancel("_expiry")
@@ -445,13 +441,11 @@ class _Peer:
                     entry.failed(f"no reply after {entry.sends} send(s)")
                 else:
                     again.append(entry)
-            self.transport.unanswered -= len(self.unanswered)
             self.unanswered = {}
             now = self.transport.reactor.seconds()
             for entry in reversed(again):
                 entry.queued_at = now
                 self.queue.appendleft(entry)
-            self.transport.queued += len(again)
         if self._closed is not None:
             self.state = "idle"
             self._closed.callback(None)
@@ -484,7 +478,6 @@ class _Peer:
         entry = self.unanswered.pop(ident, None)
         if entry is None:
             return True  # late reply to a notification already settled
-        self.transport.unanswered -= 1
         if "error" in reply:
             entry.failed(f"peer error: {json.dumps(reply['error'])[:200]}")
         else:
@@ -541,7 +534,6 @@ class _Peer:
         for entry in self.queue:
             (expired if entry.queued_at <= limit else kept).append(entry)
         self.queue = kept
-        t.queued -= len(expired)
         reason = f"not sent within {t.queue_timeout} s ({self.label} {self.state})"
         for entry in expired:
             entry.failed(reason)
@@ -564,11 +556,8 @@ class _Peer:
         self._closed = Deferred()
         for name in ("_retry", "_expiry", "_reply_timer"):
             self._cancel(name)
-        t = self.transport
         for entry in list(self.unanswered.values()) + list(self.queue):
             entry.dropped(STOPPING)
-        t.queued -= len(self.queue)
-        t.unanswered -= len(self.unanswered)
         self.queue.clear()
         self.unanswered = {}
         if self.state == "connecting" and self.connector is not None:
@@ -605,10 +594,14 @@ class StreamTransport(Service):
         self.event_param = settings["event_param"] or None
         self.counters = TransportCounters(statistics, name)
         group = f"evi_{name}"
-        self.connections = self.queued = self.unanswered = 0
+        self.connections = 0
         statistics.gauge(group, "connections", lambda: self.connections)
-        statistics.gauge(group, "queued", lambda: self.queued)
-        statistics.gauge(group, "unanswered", lambda: self.unanswered)
+        # derived from the peers (a peer is only forgotten once it has nothing
+        # queued or unanswered), so they can never drift
+        statistics.gauge(group, "queued",
+                         lambda: sum(len(p.queue) for p in self._peers.values()))
+        statistics.gauge(group, "unanswered",
+                         lambda: sum(len(p.unanswered) for p in self._peers.values()))
         self._peers = {}  # (ip, port) -> _Peer
         self._next_id = 0
         self._stopped = False

@@ -159,10 +159,8 @@ class _XMLRPCDestination:
             self._call(job)
             return
         self.queue.append(job)
-        t.queued += 1
         if len(self.queue) > t.queue_size:
             oldest = self.queue.popleft()
-            t.queued -= 1
             oldest.batch.dropped(oldest.sub, f"queue full ({t.queue_size} waiting behind "
                                              f"{t.max_in_flight} calls)")
 
@@ -175,7 +173,6 @@ class _XMLRPCDestination:
             return
         d.addTimeout(t.timeout, t.reactor)
         self.calls.add(d)
-        t.in_flight += 1
         d.addCallbacks(self._answered, self._failed, callbackArgs=(job,), errbackArgs=(job,))
         d.addBoth(self._done, d)
 
@@ -197,18 +194,14 @@ class _XMLRPCDestination:
     def _done(self, _, d):
         t = self.transport
         self.calls.discard(d)
-        t.in_flight -= 1
         while self.queue and not t._stopped and len(self.calls) < t.max_in_flight:
-            t.queued -= 1
             self._call(self.queue.popleft())
         if not self.calls and not self.queue:
             t._idle(self)
 
     def close(self):
-        t = self.transport
         for job in self.queue:
             job.batch.dropped(job.sub, STOPPING)
-        t.queued -= len(self.queue)
         self.queue.clear()
         for d in list(self.calls):
             d.cancel()
@@ -231,9 +224,12 @@ class XMLRPCTransport(Service):
         self.max_in_flight = settings["max_in_flight"]
         self.queue_size = settings["queue_size"]
         self.counters = TransportCounters(statistics, name)
-        self.in_flight = self.queued = 0
-        statistics.gauge(f"evi_{name}", "in_flight", lambda: self.in_flight)
-        statistics.gauge(f"evi_{name}", "queued", lambda: self.queued)
+        # derived from the destinations (one is only forgotten when it has
+        # nothing in flight or queued), so they can never drift
+        statistics.gauge(f"evi_{name}", "in_flight",
+                         lambda: sum(len(d.calls) for d in self._destinations.values()))
+        statistics.gauge(f"evi_{name}", "queued",
+                         lambda: sum(len(d.queue) for d in self._destinations.values()))
         self._destinations = {}
         self._stopped = False
         self._connections = set()  # query factories whose connection is open
