@@ -243,8 +243,10 @@ class EventInterface:
         event.raised += 1
         self._raised.value += 1
         report = DeliveryReport(name, len(subs))
-        # the report object itself: its totals fill in as deliveries settle
-        self.recent_raises.append((self.clock.seconds(), name, params, report))
+        if self.recent_raises.maxlen:
+            # the report object itself: its totals fill in as deliveries settle
+            # (kept only while the status page is on: nothing on the hot path else)
+            self.recent_raises.append((self.clock.seconds(), name, params, report))
         if not subs:
             self._no_subscribers.value += 1
             return succeed(report)
