@@ -14,7 +14,9 @@ from pathlib import Path
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
+from evsrv.coercers import seconds as _seconds
 from evsrv.evi.events import MAX_EVENT_NAME
+from evsrv.netlist import LOOPBACK, NetworkList
 
 # Published by the core, in OpenSIPS 3.x order; E_CORE_LOG comes after the
 # events of the ini, as OpenSIPS publishes it after the script's.
@@ -55,12 +57,56 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {message}")
 
 
+# Destinations no subscriber may name unless [policy] deny_destinations says
+# otherwise: "this host" and unspecified, link-local (cloud metadata services
+# live there), multicast, reserved and broadcast.
+DEFAULT_DENIED_DESTINATIONS = ("0.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, "
+                               "::/128, fe80::/10, ff00::/8")
+
+
 @dataclass
 class MIConfig:
     udp: list = field(default_factory=list)    # [(host, port)]
     unix: list = field(default_factory=list)   # [Path]
     unix_mode: int = 0o660
+    unix_owner: str | None = None   # user name; None: the server's
+    unix_group: str | None = None   # group name; None: the server's
     max_datagram: int = 65457
+    # sources allowed on every UDP listener, and per-listener overrides
+    # from [mi:udp:HOST:PORT] allow
+    allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
+    listener_allow: dict = field(default_factory=dict)  # (host, port) -> NetworkList
+
+    def allow_for(self, address) -> NetworkList:
+        return self.listener_allow.get(address, self.allow)
+
+
+@dataclass
+class StoreConfig:
+    backend: str = "sqlite"       # "sqlite" or "none"
+    directory: Path | None = None  # the state directory (made at start-up)
+    sync: str = "full"            # SQLite synchronous: "full" (power-loss safe) or "normal"
+
+    @property
+    def path(self) -> Path | None:
+        if self.backend == "none" or self.directory is None:
+            return None
+        return self.directory / "subscriptions.sqlite"
+
+
+@dataclass
+class PolicyConfig:
+    allow_destinations: NetworkList = field(default_factory=lambda: NetworkList.parse("any"))
+    deny_destinations: NetworkList = field(
+        default_factory=lambda: NetworkList.parse(DEFAULT_DENIED_DESTINATIONS))
+
+
+@dataclass
+class LimitsConfig:
+    # 0 means no limit
+    max_subscriptions: int = 250000
+    max_subscriptions_per_event: int = 100000
+    max_params_bytes: int = 65536  # of parameter names and values in one raise
 
 
 @dataclass
@@ -72,6 +118,7 @@ class HTTPConfig:
     idle_timeout: float = 60.0    # seconds a connection may stay silent
     status_path: str = "/status"  # "": no status page
     status_recent: int = 20       # raised events the status page lists
+    allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
 
 
 @dataclass
@@ -85,6 +132,10 @@ class Config:
     script: Path | None = None
     modules: dict = field(default_factory=dict)  # name -> {key: value}, in load order
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    shutdown_timeout: float = 10.0  # seconds to flush queued notifications at exit
 
 
 def _udp_address(text: str) -> tuple:
@@ -145,6 +196,43 @@ def _request_size(text: str) -> int:
     value = int(text)
     if not 1024 <= value <= 1 << 30:
         raise ValueError("must be between 1024 and 1073741824 bytes")
+    return value
+
+
+def _user(text: str) -> str | None:
+    import pwd
+    if not text:
+        return None
+    try:
+        pwd.getpwnam(text)
+    except KeyError:
+        raise ValueError(f"no such user {text!r}") from None
+    return text
+
+
+def _group(text: str) -> str | None:
+    import grp
+    if not text:
+        return None
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        raise ValueError(f"no such group {text!r}") from None
+    return text
+
+
+def _choice(*choices):
+    def coerce(text):
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return coerce
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 (no limit) or more")
     return value
 
 
@@ -243,8 +331,22 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         udp=r.get("mi", "udp", "", addresses),
         unix=[r.path(p) for p in r.get("mi", "unix", "", _list)],
         unix_mode=r.get("mi", "unix_mode", "0660", _octal),
+        unix_owner=r.get("mi", "unix_owner", "", _user),
+        unix_group=r.get("mi", "unix_group", "", _group),
         max_datagram=r.get("mi", "max_datagram", "65457", _datagram_size),
+        allow=r.get("mi", "allow", LOOPBACK, NetworkList.parse),
     )
+    listener_sections = set()
+    for section in parser.sections():
+        if section.startswith("mi:udp:"):
+            try:
+                address = _udp_address(section[len("mi:udp:"):])
+            except ValueError as e:
+                raise r.error(section, None, f"bad listener address: {e}") from None
+            if address not in mi.udp:
+                raise r.error(section, None, "no such listener in [mi] udp")
+            mi.listener_allow[address] = r.get(section, "allow", LOOPBACK, NetworkList.parse)
+            listener_sections.add(section)
     for path in mi.unix:
         if len(str(path).encode()) > 107:
             raise r.error("mi", "unix", f"UNIX socket path longer than 107 bytes: {path}")
@@ -259,6 +361,7 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         idle_timeout=r.get("http", "idle_timeout", "60", _positive_float),
         status_path=r.get("http", "status_path", "/status", _url_path),
         status_recent=r.get("http", "status_recent", "20", _status_recent),
+        allow=r.get("http", "allow", LOOPBACK, NetworkList.parse),
     )
     if http.mi_path and http.mi_path == http.metrics_path:
         raise r.error("http", "metrics_path", "must differ from mi_path")
@@ -277,13 +380,32 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
     script = r.get("script", "path", "", lambda t: r.path(t) if t else None)
     if script is not None and not script.is_file():
         raise r.error("script", "path", f"no such file: {script}")
-    known = {"mi", "http", "events", "expiry", "transports", "modules", "script"}
+    store = StoreConfig(
+        backend=r.get("store", "backend", "sqlite", _choice("sqlite", "none")),
+        directory=r.get("store", "directory", "var", r.path),
+        sync=r.get("store", "sync", "full", _choice("full", "normal")),
+    )
+    policy = PolicyConfig(
+        allow_destinations=r.get("policy", "allow_destinations", "any", NetworkList.parse),
+        deny_destinations=r.get("policy", "deny_destinations", DEFAULT_DENIED_DESTINATIONS,
+                                NetworkList.parse),
+    )
+    limits = LimitsConfig(
+        max_subscriptions=r.get("limits", "max_subscriptions", "250000", _limit),
+        max_subscriptions_per_event=r.get("limits", "max_subscriptions_per_event", "100000",
+                                          _limit),
+        max_params_bytes=r.get("limits", "max_params_bytes", "65536", _limit),
+    )
+    shutdown_timeout = r.get("shutdown", "timeout", "10", _seconds)
+    known = {"mi", "http", "events", "expiry", "transports", "modules", "script", "store",
+             "policy", "limits", "shutdown"} | listener_sections
     known.update(f"transport:{name}" for name in transport_factories)
     known.update(f"module:{name}" for name in module_factories)
     r.check_unknown(known)
     return Config(source=source, base_dir=base_dir, mi=mi, events=events,
                   transports=transports, expiry_interval=expiry_interval, script=script,
-                  modules=modules, http=http)
+                  modules=modules, http=http, store=store, policy=policy, limits=limits,
+                  shutdown_timeout=shutdown_timeout)
 
 
 def read_config(path, transport_factories: dict, module_factories: dict | None = None) -> Config:

@@ -14,6 +14,20 @@ class BadSocket(ValueError):
     """
 
 
+class DestinationRefused(BadSocket):
+    """
+    The socket is valid but names a destination the C{[policy]} forbids
+    (MI error 403 "Destination not allowed").
+    """
+
+
+class LimitExceeded(Exception):
+    """
+    A C{[limits]} value would be exceeded; the message names the limit and
+    its ini key.
+    """
+
+
 class IEventTransportFactory(IPlugin):
     """
     A transport plugin: builds the transport from its ini section.

@@ -147,13 +147,15 @@ class EvsrvService(MultiService):
             for host, port in mi.udp:
                 label = f"udp:{host}:{port}"
                 protocol = MIDatagramProtocol(self.dispatcher, self.reactor, label,
-                                              self.mi_filters)
+                                              self.mi_filters,
+                                              allow=mi.allow_for((host, port)))
                 self.mi_ports.append(listen_udp(self.reactor, protocol, host, port))
             for path in mi.unix:
+                # UNIX clients are let in by the socket file's mode and owner
                 protocol = MIDatagramProtocol(self.dispatcher, self.reactor, f"unix:{path}",
                                               self.mi_filters)
                 self.mi_ports.append(listen_unix(self.reactor, protocol, str(path),
-                                                 mi.unix_mode))
+                                                 mi.unix_mode, mi.unix_owner, mi.unix_group))
                 self._mi_paths.append(str(path))
             http = self._listen_http()
         except (ListenError, HTTPListenError) as e:

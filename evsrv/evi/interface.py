@@ -63,6 +63,9 @@ class EventInterface:
         # the last raises as (time, name, params, DeliveryReport), for the
         # HTTP status page; maxlen 0 (nothing kept) unless the server sets it
         self.recent_raises = collections.deque(maxlen=0)
+        # evsrv.policy.DestinationPolicy (or None): check(destination,
+        # transport) returns the destination, or raises DestinationRefused
+        self.destination_policy = None
 
     # -- events ---------------------------------------------------------
 
@@ -120,6 +123,8 @@ class EventInterface:
                 f"unknown or disabled transport {scheme[:40]!r} (enabled: "
                 f"{', '.join(sorted(self.transports)) or 'none'})"))
         d = maybeDeferred(transport.parse, scheme, rest)
+        if self.destination_policy is not None:
+            d.addCallback(self.destination_policy.check, transport)
         d.addCallback(lambda destination: (transport, destination))
         return d
 

@@ -54,8 +54,9 @@ class MIDatagramProtocol(DatagramProtocol):
     _log = Logger()
     noisy = False  # the server logs its own "MI listening on ..." line
 
-    def __init__(self, dispatcher, clock, label, filters=()):
+    def __init__(self, dispatcher, clock, label, filters=(), allow=None):
         self.dispatcher = dispatcher
+        self.allow = allow  # NetworkList of UDP sources served; None: every source
         self.label = label
         # request gates (pike, later ACLs): any false answer ignores the datagram
         self.filters = filters
@@ -136,7 +137,7 @@ def _clear_stale_socket(path: str):
     raise ListenError(f"cannot listen on {path}: another process is serving it")
 
 
-def listen_unix(reactor, protocol, path: str, mode: int):
+def listen_unix(reactor, protocol, path: str, mode: int, owner=None, group=None):
     from twisted.internet.error import CannotListenError
     _clear_stale_socket(path)
     try:
