@@ -223,3 +223,12 @@ class EvsrvService(MultiService):
         udp = [p for p in self.mi_ports if hasattr(p.getHost(), "port")]
         host = udp[index].getHost()
         return host.host, host.port
+
+    def stopService(self):
+        """
+        Graceful shutdown (see L{evsrv.shutdown}): stop taking MI requests,
+        flush what the transports hold for up to C{[shutdown] timeout}
+        seconds, persist state, and report what could not be delivered.
+        """
+        from evsrv.shutdown import stop_server
+        return stop_server(self, super().stopService)
