@@ -51,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--passes", type=int, default=3,
                         help="timing passes of the subscription benchmark (3)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                        help="also run the soak benchmark (bench/soak.py) for SECONDS "
+                        "(default 0: not run; it is long)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     interrupt_on_sigterm()
@@ -85,6 +88,12 @@ def main(argv=None):
             if subprocess.run([sys.executable, str(HERE / script)]).returncode:
                 print(f"bench/{script} failed", file=sys.stderr)
             print()
+    if args.soak > 0:
+        print("== bench/soak.py ==", flush=True)
+        if subprocess.run([sys.executable, str(HERE / "soak.py"), "--duration",
+                           format(args.soak, "g")]).returncode:
+            print("bench/soak.py failed", file=sys.stderr)
+        print()
     print(f"(total {time.monotonic() - started:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"mi_load": rows, "subscriptions": subs},

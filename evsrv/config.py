@@ -86,6 +86,7 @@ class StoreConfig:
     backend: str = "sqlite"       # "sqlite" or "none"
     directory: Path | None = None  # the state directory (made at start-up)
     sync: str = "full"            # SQLite synchronous: "full" (power-loss safe) or "normal"
+    batch_delay: float = 0.01     # seconds a change waits for others to share its disk sync
 
     @property
     def path(self) -> Path | None:
@@ -106,7 +107,7 @@ class LimitsConfig:
     # 0 means no limit
     max_subscriptions: int = 250000
     max_subscriptions_per_event: int = 100000
-    max_params_bytes: int = 65536  # of parameter names and values in one raise
+    max_params_bytes: int = 1048576  # of parameter names and values in one raise
 
 
 @dataclass
@@ -227,6 +228,13 @@ def _choice(*choices):
             raise ValueError(f"must be one of {', '.join(choices)}")
         return text
     return coerce
+
+
+def _batch_delay(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1 second (MI clients wait 0.1 s for answers)")
+    return value
 
 
 def _limit(text: str) -> int:
@@ -384,6 +392,7 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         backend=r.get("store", "backend", "sqlite", _choice("sqlite", "none")),
         directory=r.get("store", "directory", "var", r.path),
         sync=r.get("store", "sync", "full", _choice("full", "normal")),
+        batch_delay=r.get("store", "batch_delay", "0.01", _batch_delay),
     )
     policy = PolicyConfig(
         allow_destinations=r.get("policy", "allow_destinations", "any", NetworkList.parse),
@@ -394,7 +403,7 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         max_subscriptions=r.get("limits", "max_subscriptions", "250000", _limit),
         max_subscriptions_per_event=r.get("limits", "max_subscriptions_per_event", "100000",
                                           _limit),
-        max_params_bytes=r.get("limits", "max_params_bytes", "65536", _limit),
+        max_params_bytes=r.get("limits", "max_params_bytes", "1048576", _limit),
     )
     shutdown_timeout = r.get("shutdown", "timeout", "10", _seconds)
     known = {"mi", "http", "events", "expiry", "transports", "modules", "script", "store",

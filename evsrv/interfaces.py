@@ -57,6 +57,33 @@ class IEventTransport(Interface):
 
     A transport never blocks the reactor, and a slow or dead destination
     never delays another one.
+
+    Optional method C{peer_hosts(destination)} (not declared below, so that
+    older transports still provide the interface): the IP address texts
+    (C{"192.0.2.7"}, C{"2001:db8::1"}) a parsed destination sends to or
+    connects to, already resolved, or an empty iterable for a destination
+    that is not on the network (a file, a UNIX socket). The C{[policy]}
+    refuses a subscription when any of them is denied or not allowed. A
+    transport that resolves names must do it in C{parse} and then use only
+    the resolved address, so that the address checked is the one used. A
+    transport without C{peer_hosts} is not checked, and the server logs a
+    warning about it at start-up.
+
+    Optional method C{drain(deadline)} (not declared below either), for a
+    transport that holds notifications (queued, in flight, awaiting a reply
+    or a confirm): at shutdown, after the MI has closed and before the
+    transport is stopped, L{evsrv.shutdown} calls it with C{deadline}, a
+    clock time (the reactor's C{seconds()}). The transport goes on
+    delivering, and accepting new raises, as usual; it returns a Deferred
+    (or the result itself) firing as soon as it holds nothing more, and at
+    C{deadline} at the latest, with an L{evsrv.shutdown.DrainResult}: per
+    destination, how many notifications are still undelivered and why
+    (e.g. C{"connecting"}). It does not fail, and does not drop anything
+    itself: C{stopService} follows and drops what is left. A drain that has
+    not answered shortly after the deadline is cancelled and not waited
+    for. A transport without C{drain} is taken to hold nothing (every
+    notification leaves in C{deliver}, as udp, unix, flatstore and route
+    do).
     """
 
     name = Attribute("The factory's name, used for statistics.")

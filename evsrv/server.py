@@ -7,6 +7,7 @@ transports, the expiry timer and the MI listeners, under one MultiService.
 import collections
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
@@ -20,6 +21,9 @@ from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
 from evsrv.modules import ModuleContext
 from evsrv.mi.dispatch import MIDispatcher
+from evsrv.persistence import StoreError, SubscriptionDatabase, SubscriptionJournal
+from evsrv.persistence.database import move_aside
+from evsrv.policy import DestinationPolicy
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
                                listen_unix)
 from evsrv.script import ScriptLoadError, ScriptRunner
@@ -49,7 +53,8 @@ class EvsrvService(MultiService):
     """
     _log = Logger()
 
-    def __init__(self, config: Config, reactor, factories=None, modules=None):
+    def __init__(self, config: Config, reactor, factories=None, modules=None,
+                 ignore_store=False):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -67,6 +72,9 @@ class EvsrvService(MultiService):
                 transport.setServiceParent(self)
 
         self.evi = context.evi = EventInterface(reactor, by_scheme, self.statistics)
+        self.evi.destination_policy = DestinationPolicy(
+            config.policy.allow_destinations, config.policy.deny_destinations, self.statistics)
+        self.evi.destination_policy.warn_unchecked(self.transports.values())
         if config.http.listen is not None and config.http.status_path:
             self.evi.recent_raises = collections.deque(maxlen=config.http.status_recent)
         for name in CORE_EVENTS:
@@ -102,6 +110,18 @@ class EvsrvService(MultiService):
         for name in LATE_CORE_EVENTS:
             self.evi.publish(name)
 
+        limits = config.limits
+        self.evi.max_subscriptions = limits.max_subscriptions
+        self.evi.max_subscriptions_per_event = limits.max_subscriptions_per_event
+        self.evi.max_params_bytes = limits.max_params_bytes
+        # the store is read last: every event a stored subscription names
+        # is published by now
+        self.journal = None
+        self._stored = []
+        self.restored = None  # Deferred of the restore, once started
+        if config.store.path is not None:
+            self._open_store(config.store, ignore_store)
+
         self.dispatcher = MIDispatcher(
             self.controller, config.mi.max_datagram,
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")
@@ -109,6 +129,60 @@ class EvsrvService(MultiService):
         self._mi_paths = []
         self.http = None  # the HTTPService once listening
         self.http_dispatcher = MIDispatcher(self.controller, None)  # no size limit
+
+    def _open_store(self, store, ignore_store):
+        try:
+            database = SubscriptionDatabase(store.path, store.sync)
+            self._stored = database.load()
+        except StoreError as e:
+            if not ignore_store:
+                raise ConfigError(self.config.source, "store", None,
+                                  f"{e}; move it away, or start with --ignore-store to set it "
+                                  "aside and start with no subscriptions") from None
+            aside = move_aside(store.path)
+            self._log.warn("{error}; --ignore-store: set aside as {aside}, starting with no "
+                           "stored subscriptions", error=str(e), aside=str(aside))
+            try:
+                database = SubscriptionDatabase(store.path, store.sync)
+            except StoreError as again:
+                raise ConfigError(self.config.source, "store", None, str(again)) from None
+            self._stored = []
+        self.journal = self.evi.journal = SubscriptionJournal(
+            database, self.reactor, self.statistics, store.batch_delay)
+
+    def _restore(self):
+        """
+        Subscribe the stored subscriptions again with their own times, so
+        their TTLs kept counting while evsrv was down; expired ones are left
+        out (and purged from the file by the next write).
+
+        @return: Deferred firing with C{(restored, expired, skipped)}.
+        """
+        rows, self._stored = self._stored, []
+        now = self.reactor.seconds()
+        live = [row for row in rows if row.deadline > now]
+        skipped = []
+
+        def failed(failure, row):
+            # kept in the file until it expires: a transport or event that
+            # comes back with the next configuration restores it then
+            skipped.append(row)
+            if len(skipped) <= 10:
+                self._log.warn("stored subscription {socket} to {event} not restored: "
+                               "{reason}", socket=row.destination, event=row.event,
+                               reason=failure.getErrorMessage() or failure.type.__name__)
+        pending = [self.evi.subscribe(row.event, row.socket, row.expire, origin="mi",
+                                      subscribed_at=row.subscribed_at, record=False)
+                   .addErrback(failed, row) for row in live]
+
+        def done(_):
+            result = (len(live) - len(skipped), len(rows) - len(live), len(skipped))
+            if rows:
+                self._log.info("restored {restored} stored subscription(s); {expired} expired "
+                               "while evsrv was down, {skipped} not restored",
+                               restored=result[0], expired=result[1], skipped=result[2])
+            return result
+        return gatherResults(pending).addCallback(done)
 
     def _load_script(self, path):
         self.script = ScriptRunner(path, self.evi, self.reactor, self.statistics)
@@ -180,7 +254,7 @@ class EvsrvService(MultiService):
         if http.listen is None:
             return None
         site = build_site(http, self.reactor, self.statistics, self.evi, self.controller,
-                          self.http_dispatcher)
+                          self.http_dispatcher, self.mi_filters)
         service = HTTPService(site, self.reactor, *http.listen)
         service.listen()
         return service
@@ -201,6 +275,20 @@ class EvsrvService(MultiService):
 
     def startService(self):
         super().startService()
+        self.restored = self._restore()
+        if not self.restored.called:
+            # a stored socket needed name resolution: MI requests wait
+            # (queued by the kernel) so none races the restore
+            paused = [p for p in self.mi_ports if getattr(p, "connected", False)]
+            for port in paused:
+                port.stopReading()
+
+            def resume(result):
+                for port in paused:
+                    if getattr(port, "connected", False):
+                        port.startReading()
+                return result
+            self.restored.addBoth(resume)
         for port in self.mi_ports:
             host = port.getHost()
             where = (f"udp:{host.host}:{host.port}" if hasattr(host, "port")

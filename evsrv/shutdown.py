@@ -1,11 +1,388 @@
 # -*- test-case-name: tests.test_shutdown -*-
 """
-Graceful shutdown of an L{evsrv.server.EvsrvService}.
+Graceful shutdown of an L{evsrv.server.EvsrvService} (SIGTERM, SIGINT, or
+C{stopService} from embedding code), step by step:
+
+ 1. The MI stops at once: the datagram ports and the HTTP port stop
+    listening (HTTP connections are closed, UNIX socket files removed)
+    before anything else, so no request can start a change that would not
+    be saved. A client gets no reply (UDP: the kernel answers "port
+    unreachable"; UNIX: the path is gone; HTTP: connection refused).
+ 2. Drain: every transport with a C{drain} method (see
+    L{evsrv.interfaces.IEventTransport}) gets until the deadline, C{[shutdown]
+    timeout} seconds from now, to deliver what it holds. They drain side by
+    side, so a dead destination costs the deadline once, not once per
+    transport. Raises keep being delivered meanwhile (timers, modules,
+    scripts). A transport that has not reported shortly after the deadline
+    is not waited for: the shutdown never hangs on a slow or dead peer.
+ 3. The children stop: whatever a transport still holds is dropped (and
+    counted as dropped).
+ 4. The subscription journal is closed: every change a client was told "OK"
+    about is written.
+ 5. One summary line in the log (delivered and undelivered per transport,
+    whether the subscriptions were saved), a warning per destination left
+    with undelivered notifications, and the process exit status
+    (L{evsrv.exitstatus}).
+
+"Undelivered" counts every notification that failed or was dropped from
+the moment the MI closed until the transports stopped: those still queued,
+in flight or awaiting a reply at the deadline, and those that failed while
+draining (e.g. waited longer than the transport's C{queue_timeout}).
 """
 
+import os
+from dataclasses import dataclass, field
 
+from twisted.internet.defer import (CancelledError, Deferred, DeferredList, inlineCallbacks,
+                                    maybeDeferred)
+from twisted.logger import Logger
+
+from evsrv import exitstatus
+
+DRAIN_POLL = 0.05   # seconds between two looks at a transport's queues while draining
+DRAIN_GRACE = 0.25  # seconds after the deadline a transport may take to report
+
+_log = Logger(namespace="evsrv.shutdown")
+
+
+class DrainResult:
+    """
+    What a transport still holds when its drain ends: by destination (its
+    listing text), how many notifications are undelivered and in what state
+    the destination is (e.g. C{"connecting"}).
+
+    A destination may be listed with 0 notifications: something may still be
+    lost that cannot be counted (bytes a peer did not read from a stream).
+
+    @ivar through_members: the transport delivers through others (virtual),
+        which report its notifications themselves: it is shown, but not
+        added to the totals.
+    """
+
+    def __init__(self, through_members=False):
+        self.destinations = {}  # text -> [count, state]
+        self.through_members = through_members
+
+    def add(self, destination: str, count: int, state: str):
+        entry = self.destinations.setdefault(destination, [0, state])
+        entry[0] += count
+        entry[1] = state
+
+    @property
+    def count(self) -> int:
+        return sum(entry[0] for entry in self.destinations.values())
+
+    @property
+    def complete(self) -> bool:
+        """
+        Whether nothing is left at all.
+        """
+        return not self.destinations
+
+    def __repr__(self):
+        return f"<DrainResult {self.destinations!r}>"
+
+
+class _Poll:
+    """
+    See L{wait_drained}.
+    """
+
+    def __init__(self, clock, deadline, drained, interval):
+        self.clock = clock
+        self.deadline = deadline
+        self.drained = drained
+        self.interval = interval
+        self.call = None
+        self.deferred = Deferred(self._cancel)
+
+    def _cancel(self, _):
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
+    def check(self):
+        self.call = None
+        try:
+            done = self.drained()
+        except Exception:
+            self.deferred.errback()
+            return
+        if done:
+            self.deferred.callback(True)
+            return
+        now = self.clock.seconds()
+        if now >= self.deadline:
+            self.deferred.callback(False)
+            return
+        self.call = self.clock.callLater(min(self.interval, self.deadline - now), self.check)
+
+
+def wait_drained(clock, deadline, drained, interval=DRAIN_POLL) -> Deferred:
+    """
+    Wait until C{drained()} is true (asked now, then every C{interval}
+    seconds) or C{deadline} (clock time) has come.
+
+    A transport's queues change in many places (writes, replies, expiry,
+    reconnects); looking at them a few times a second, and only while
+    shutting down, cannot miss a change and costs nothing in the delivery
+    paths.
+
+    @return: a Deferred firing with C{True} (drained) or C{False} (deadline);
+        cancelling it stops the polling.
+    """
+    poll = _Poll(clock, deadline, drained, interval)
+    poll.check()
+    return poll.deferred
+
+
+@dataclass
+class TransportReport:
+    """
+    One transport's part of the shutdown.
+
+    @ivar result: its L{DrainResult}; C{None} when it has no C{drain} (it
+        holds nothing: every notification leaves at once); L{NO_REPORT}
+        when its drain failed or did not answer in time.
+    """
+    name: str
+    delivered: int = 0
+    undelivered: int = 0
+    result: object = None
+
+    @property
+    def counted(self) -> bool:
+        return not (isinstance(self.result, DrainResult) and self.result.through_members)
+
+    @property
+    def lossy(self) -> bool:
+        """
+        Whether something of this transport may not have reached its peers.
+        """
+        if not self.counted:
+            return False
+        return (self.undelivered > 0 or self.result is NO_REPORT
+                or (isinstance(self.result, DrainResult) and not self.result.complete))
+
+
+class _NoReport:
+    def __repr__(self):
+        return "NO_REPORT"
+
+
+NO_REPORT = _NoReport()  # a drain that failed or did not answer in time
+
+
+@dataclass
+class ShutdownReport:
+    """
+    Everything L{stop_server} found out; C{status} is the exit status.
+    """
+    transports: list = field(default_factory=list)
+    elapsed: float = 0.0
+    persisted: object = None  # True, False, or None (no store)
+    persist_error: str = ""
+
+    @property
+    def delivered(self) -> int:
+        return sum(t.delivered for t in self.transports if t.counted)
+
+    @property
+    def undelivered(self) -> int:
+        return sum(t.undelivered for t in self.transports if t.counted)
+
+    @property
+    def status(self) -> int:
+        if self.persisted is False:
+            return exitstatus.NOT_PERSISTED
+        if any(t.lossy for t in self.transports):
+            return exitstatus.UNDELIVERED
+        return exitstatus.OK
+
+    def summary(self) -> str:
+        parts = []
+        for t in self.transports:
+            if not (t.delivered or t.undelivered or t.result is NO_REPORT
+                    or (isinstance(t.result, DrainResult) and not t.result.complete)):
+                continue
+            text = f"{t.name} {t.delivered} delivered, {t.undelivered} undelivered"
+            if t.result is NO_REPORT:
+                text += ", did not finish draining"
+            elif not t.counted:
+                text += " (counted at its members)"
+            parts.append(text)
+        if self.persisted is None:
+            saved = "subscriptions not stored ([store] backend = none)"
+        elif self.persisted:
+            saved = "subscriptions saved"
+        else:
+            saved = f"subscriptions NOT saved ({self.persist_error})"
+        return (f"shutdown in {self.elapsed:.1f} s: {self.delivered} notification(s) "
+                f"delivered, {self.undelivered} undelivered "
+                f"({'; '.join(parts) or 'nothing was pending'}); {saved}; "
+                f"exit status {self.status}")
+
+
+def _counts(transport):
+    counters = getattr(transport, "counters", None)
+    if counters is None:
+        return None
+    return (counters.sent.value, counters.failed.value + counters.dropped.value)
+
+
+def _stop_mi(server):
+    """
+    Stop listening on every MI socket and the HTTP port. @return: Deferred.
+    """
+    from evsrv.mi.protocol import ListeningPorts
+    services = [child for child in server if isinstance(child, ListeningPorts)]
+    covered = {id(port) for service in services for port in service.ports}
+    http = getattr(server, "http", None)
+    if http is not None:
+        services.append(http)
+    waits = [maybeDeferred(service.stopService) for service in services]
+    # ports the server lists but no ListeningPorts holds (embedding code)
+    waits += [maybeDeferred(port.stopListening) for port in getattr(server, "mi_ports", ())
+              if id(port) not in covered]
+    return DeferredList(waits, consumeErrors=True).addCallback(_report_mi_errors, server)
+
+
+def _report_mi_errors(results, server):
+    for ok, failure in results:
+        if not ok:
+            _log.failure("shutdown: closing an MI listener failed", failure)
+    for path in getattr(server, "_mi_paths", ()):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _log.warn("shutdown: cannot remove the MI socket {path}: {error}", path=path,
+                      error=e.strerror)
+
+
+def _drain_all(transports, clock, deadline):
+    """
+    Drain every transport at once. @return: Deferred firing with a dict
+    name -> L{DrainResult} / L{NO_REPORT} (transports without C{drain} are
+    left out).
+    """
+    results = {}
+    pending = {}
+    for name, transport in transports.items():
+        drain = getattr(transport, "drain", None)
+        if drain is None:
+            continue
+        pending[name] = maybeDeferred(drain, deadline)
+
+    def got(result, name):
+        pending.pop(name, None)
+        if not isinstance(result, DrainResult):
+            _log.warn("shutdown: transport {transport} reported {result!r} instead of a "
+                      "DrainResult", transport=name, result=result)
+            result = NO_REPORT
+        results[name] = result
+
+    def failed(failure, name):
+        pending.pop(name, None)
+        results[name] = NO_REPORT
+        if not failure.check(CancelledError):
+            _log.failure("shutdown: draining transport {transport} failed", failure,
+                         transport=name)
+
+    waits = [d.addCallbacks(got, failed, callbackArgs=(name,), errbackArgs=(name,))
+             for name, d in list(pending.items())]
+    done = DeferredList(waits)
+    if not pending:
+        return done.addCallback(lambda _: results)
+
+    # A transport that does not keep its deadline is not waited for.
+    def give_up():
+        for name, d in list(pending.items()):
+            _log.warn("shutdown: transport {transport} did not finish draining by the "
+                      "deadline; what it holds is dropped", transport=name)
+            d.cancel()
+    guard = clock.callLater(max(0.0, deadline - clock.seconds()) + DRAIN_GRACE, give_up)
+
+    def finished(_):
+        if guard.active():
+            guard.cancel()
+        return results
+    return done.addCallback(finished)
+
+
+@inlineCallbacks
+def _close_journal(server, report):
+    journal = getattr(server, "journal", None)
+    if journal is None:
+        report.persisted = None
+        return
+    try:
+        yield journal.close()
+    except Exception as e:
+        report.persisted = False
+        report.persist_error = str(e) or type(e).__name__
+        _log.error("shutdown: the subscriptions could not be saved: {error}",
+                   error=report.persist_error)
+    else:
+        report.persisted = True
+
+
+@inlineCallbacks
 def stop_server(server, stop_children):
     """
-    Placeholder: stop every child service at once.
+    Stop C{server} gracefully (see the module docstring).
+
+    @param stop_children: stops every child service (MultiService's
+        C{stopService}).
+    @return: a Deferred firing with the L{ShutdownReport} once everything is
+        stopped; it does not fail.
     """
-    return stop_children()
+    # The process exit status follows this report from now on.
+    exitstatus.install()
+    clock = server.reactor
+    timeout = server.config.shutdown_timeout
+    started = clock.seconds()
+    yield _stop_mi(server)
+    _log.info("shutdown: MI closed; delivering what the transports hold for up to "
+              "{timeout:g} s", timeout=timeout)
+    transports = dict(server.transports)
+    before = {name: _counts(t) for name, t in transports.items()}
+    deadline = clock.seconds() + timeout
+    drained = yield _drain_all(transports, clock, deadline)
+    try:
+        yield stop_children()
+    except Exception:
+        _log.failure("shutdown: stopping the services failed")
+    report = ShutdownReport()
+    for name, transport in transports.items():
+        t = TransportReport(name, result=drained.get(name))
+        after = _counts(transport)
+        if after is not None and before[name] is not None:
+            t.delivered = after[0] - before[name][0]
+            t.undelivered = after[1] - before[name][1]
+        elif isinstance(t.result, DrainResult):
+            t.undelivered = t.result.count
+        report.transports.append(t)
+    yield _close_journal(server, report)
+    report.elapsed = clock.seconds() - started
+    _log_report(report)
+    exitstatus.record(report.status)
+    return report
+
+
+def _log_report(report):
+    for t in report.transports:
+        if not isinstance(t.result, DrainResult):
+            continue
+        for destination, (count, state) in t.result.destinations.items():
+            if count:
+                _log.warn("shutdown: {socket}: {count} notification(s) undelivered ({state})",
+                          socket=destination, count=count, state=state, transport=t.name)
+            else:
+                _log.warn("shutdown: {socket}: closed before it had read everything "
+                          "({state})", socket=destination, state=state, transport=t.name)
+    if report.status == exitstatus.OK:
+        _log.info("{summary}", summary=report.summary())
+    else:
+        _log.warn("{summary}", summary=report.summary())

@@ -19,6 +19,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The ini file (default: the embedded configuration)."],
     ]
+    optFlags = [
+        ["ignore-store", None, "If the subscription store cannot be read, rename it aside "
+                               "and start with no stored subscriptions (otherwise start-up "
+                               "stops)."],
+    ]
 
 
 def makeService(options, reactor=None):
@@ -30,7 +35,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     try:
         config = read_config(options["config"], transport_factories(), module_factories())
-        service = EvsrvService(config, reactor)
+        service = EvsrvService(config, reactor, ignore_store=bool(options["ignore-store"]))
         service.listen()
     except ConfigError as e:
         sys.stderr.write(f"evsrv: {e}\n")

@@ -3,6 +3,7 @@ Shared fixtures, and trial's discipline for pytest-twisted: a test fails if
 it logs an error it did not expect, or leaves a timer behind.
 """
 
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -76,9 +77,7 @@ def tmpdir_short():
     """
     path = Path(tempfile.mkdtemp(prefix="evsrv-t-"))
     yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
+    shutil.rmtree(path)
 
 
 def make_config(text: str, base_dir: Path):
@@ -98,11 +97,21 @@ publish = E_TEST, E_OTHER
 def server_factory(tmpdir_short):
     """
     Start in-process servers (in the test's reactor) from ini text; each is
-    stopped, its ports closed, at teardown.
+    stopped, its ports closed, at teardown. Without a C{[store]} section
+    in the text, the subscription store is off; without C{[shutdown]}, the
+    drain at teardown is at most 0.5 s.
     """
     started = []
 
     def start(text=BASE_INI):
+        if "[store]" not in text:
+            # in-process tests read MI answers synchronously; a stored
+            # subscribe answers a batch later (tests/test_persistence.py)
+            text += "\n[store]\nbackend = none\n"
+        if "[shutdown]" not in text:
+            # a test that leaves a peer not reading should not wait the
+            # default 10 s drain at teardown (tests/test_shutdown.py sets it)
+            text += "\n[shutdown]\ntimeout = 0.5\n"
         service = EvsrvService(make_config(text, tmpdir_short), reactor)
         service.listen()
         service.startService()

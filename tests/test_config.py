@@ -73,6 +73,22 @@ interval = 0.5
     ("[expiry]\ninterval = 0\n", "evsrv.ini: [expiry] interval: bad value '0': must be a positive"),
     ("[mi]\nudp = 127.0.0.1:1\nudp = 127.0.0.1:2\n", "evsrv.ini: While reading from"),
     ("no section header\n", "evsrv.ini: File contains no section headers."),
+    ("[mi]\nallow = 10.0.0.0/33\n", "evsrv.ini: [mi] allow: bad value '10.0.0.0/33': "
+     "'10.0.0.0/33' is not an IP network"),
+    ("[mi]\nudp = 127.0.0.1:1\n[mi:udp:127.0.0.1:2]\nallow = any\n",
+     "evsrv.ini: [mi:udp:127.0.0.1:2]: no such listener in [mi] udp"),
+    ("[mi]\nudp = 127.0.0.1:1\n[mi:udp:127.0.0.1:1]\nallowed = any\n",
+     "evsrv.ini: [mi:udp:127.0.0.1:1] allowed: unknown key"),
+    ("[mi]\nunix_owner = no-such-user-here\n",
+     "evsrv.ini: [mi] unix_owner: bad value 'no-such-user-here': no such user"),
+    ("[mi]\nunix_group = no-such-group-here\n",
+     "evsrv.ini: [mi] unix_group: bad value 'no-such-group-here': no such group"),
+    ("[store]\nbackend = redis\n", "evsrv.ini: [store] backend: bad value 'redis': must be one of"),
+    ("[store]\nbatch_delay = 2\n", "evsrv.ini: [store] batch_delay: bad value '2'"),
+    ("[policy]\ndeny_destinations = example.com\n",
+     "evsrv.ini: [policy] deny_destinations: bad value 'example.com'"),
+    ("[limits]\nmax_subscriptions = -1\n", "evsrv.ini: [limits] max_subscriptions: bad value"),
+    ("[shutdown]\ntimeout = forever\n", "evsrv.ini: [shutdown] timeout: bad value"),
 ])
 def test_errors_name_file_section_and_key_in_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
@@ -87,3 +103,35 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         read_config(tmp_path / "missing.ini", transport_factories())
     assert str(e.value) == f"{tmp_path / 'missing.ini'}: cannot read: No such file or directory"
+
+
+def test_security_defaults():
+    config = read_config(None, transport_factories())
+    assert "127.0.0.5" in config.mi.allow and "::1" in config.mi.allow
+    assert "10.0.0.1" not in config.mi.allow and "10.0.0.1" not in config.http.allow
+    assert "169.254.169.254" in config.policy.deny_destinations
+    assert "192.0.2.1" in config.policy.allow_destinations
+    assert config.store.path == Path.cwd() / "var" / "subscriptions.sqlite"
+    assert (config.limits.max_subscriptions, config.limits.max_params_bytes) == (250000, 1048576)
+    assert config.shutdown_timeout == 10
+
+
+def test_per_listener_allow_and_store_paths(tmp_path):
+    config = load(tmp_path, """
+[mi]
+udp = 127.0.0.1:8080, [::]:8081
+allow = 127.0.0.1
+[mi:udp:[::]:8081]
+allow = 10.0.0.0/8, 2001:db8::/32
+[store]
+directory = ../state
+sync = normal
+[limits]
+max_subscriptions = 0
+""")
+    assert "10.1.2.3" not in config.mi.allow_for(("127.0.0.1", 8080))
+    assert "10.1.2.3" in config.mi.allow_for(("::", 8081))
+    assert "::ffff:10.1.2.3" in config.mi.allow_for(("::", 8081))  # a v4 client of a v6 socket
+    assert config.store.path == tmp_path.parent / "state" / "subscriptions.sqlite"
+    assert config.store.sync == "normal" and config.limits.max_subscriptions == 0
+    assert load(tmp_path, "[store]\nbackend = none\n").store.path is None

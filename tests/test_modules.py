@@ -38,9 +38,20 @@ block_time = 30
 """
 
 
+def pike_on_clock(server):
+    """
+    Put the running server's pike on a Clock (its idle-entry cleaner stays on
+    the reactor), so the one-error-per-second cap is exact in a socket test.
+    """
+    clock = Clock()
+    server.modules["pike"].clock = clock
+    return clock
+
+
 @pytest_twisted.inlineCallbacks
 def test_pike_blocks_a_flooding_source_and_raises_once(server_factory, udp_collector):
     server = server_factory(PIKE_INI)
+    clock = pike_on_clock(server)
     addr = server.mi_udp_address()
     sink = udp_collector()
     flood = udp_collector()
@@ -53,21 +64,37 @@ def test_pike_blocks_a_flooding_source_and_raises_once(server_factory, udp_colle
         assert json.loads(reply)["id"] == i
     for i in range(5, 10):
         flood.transport.write(mi_request("which", request_id=i), addr)
+    # the request that crossed the limit gets the error; the four others of
+    # the same second get nothing (a spoofed flood must not be reflected)
+    reply, _ = yield flood.next()
+    assert json.loads(reply) == {"jsonrpc": "2.0", "id": 5, "error": {
+        "code": 429, "message": "Too many requests",
+        "data": "127.0.0.1 sent more than 5 MI requests in 60 s; "
+                "blocked for 30 more seconds"}}
     data, _ = yield sink.next()
     assert data == b'{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"127.0.0.1"}}'
-    yield until(lambda: server.statistics.value("pike:requests_ignored") == 5)
+    yield until(lambda: server.statistics.value("pike:requests_ignored") == 4)
+    assert server.statistics.value("pike:requests_refused") == 1
+    assert server.statistics.value("mi:requests_filtered") == 5
     listed = json.loads((yield server.dispatcher.handle(mi_request("pike_list"))))["result"]
     assert [b["ip"] for b in listed["Blocked"]] == ["127.0.0.1"]
     assert listed["Blocked"][0]["expires"] == 30
     assert server.statistics.value("pike:blocks") == 1
+    # a second later, the next request is answered again, with the time left
+    clock.advance(1)
+    reply, _ = yield flood.request(mi_request("which", request_id=10), addr)
+    assert json.loads(reply)["error"]["data"].endswith("blocked for 29 more seconds")
+    assert json.loads(reply)["id"] == 10
     # unblocked through the MI: answered again, and the next datagram the
     # flooder gets is that answer (none of the ignored requests was answered)
     reply = yield server.dispatcher.handle(mi_request("pike_rm", ["127.0.0.1"]))
     assert json.loads(reply)["result"] == "OK"
     reply, _ = yield flood.request(mi_request("which", request_id=99), addr)
     assert json.loads(reply)["id"] == 99
+    assert "result" in json.loads(reply)
     reply = yield server.dispatcher.handle(mi_request("pike_rm", ["10.9.9.9"]))
     assert json.loads(reply)["error"] == {"code": 404, "message": "IP not blocked"}
+    assert len(sink.received) == 0  # raised once per block
 
 
 def test_pike_counts_per_window_and_forgets(tmpdir_short):
@@ -79,22 +106,61 @@ def test_pike_counts_per_window_and_forgets(tmpdir_short):
     try:
         result_of(evi.subscribe("E_PIKE_BLOCKED", "test:watch"))
         source = ("10.0.0.1", 5000)
-        assert all(pike.allow(source) for _ in range(3))
+        assert all(pike.allow(source) is True for _ in range(3))
         clock.advance(2)  # a new window
-        assert all(pike.allow(source) for _ in range(3))
+        assert all(pike.allow(source) is True for _ in range(3))
         assert not pike.allow(source)
         assert not pike.allow(source)
         assert len(recorder.delivered) == 1  # raised once per block
         clock.advance(10)
-        assert pike.allow(source)
-        assert pike.allow("/unix/client.sock")  # local UNIX clients are not counted
+        assert pike.allow(source) is True
+        assert pike.allow("/unix/client.sock") is True  # local UNIX clients are not counted
         pike.allow(("10.0.0.2", 1))
-        assert pike.allow(("10.0.0.3", 1))  # over max_sources: let through, counted
+        assert pike.allow(("10.0.0.3", 1)) is True  # over max_sources: let through, counted
         assert evi.statistics.value("pike:untracked") == 1
         clock.advance(4)
         assert pike._sources == {}  # idle entries forgotten
     finally:
         pike.stopService()
+
+
+def test_pike_answers_a_blocked_source_at_most_once_a_second():
+    """
+    The 429 refusal carries an error to answer once per second per source;
+    in between, the refusal is rate-capped (the datagram MI sends nothing)
+    and counted as ignored. Sources are capped independently.
+    """
+    from evsrv.mi.dispatch import Refusal
+    from evsrv.modules.pike import Pike
+    evi, clock, _ = memory_evi()
+    context = ModuleContext(clock, evi.statistics, evi, MIController(evi.statistics))
+    pike = Pike(context, window=4, limit=2, block_time=5, max_sources=10)
+    a, b = ("10.0.0.1", 1), ("2001:db8::1", 2, 0, 0)
+    assert pike.allow(a) is True and pike.allow(a) is True
+    first = pike.allow(a)
+    assert isinstance(first, Refusal) and not first.rate_capped
+    assert (first.error.code, first.error.message) == (429, "Too many requests")
+    assert first.error.data == ("10.0.0.1 sent more than 2 MI requests in 4 s; "
+                                "blocked for 5 more seconds")
+    clock.advance(0.5)
+    capped = [pike.allow(a) for _ in range(50)]
+    assert all(r.rate_capped and r.error is first.error for r in capped)
+    # another source is answered on its own schedule
+    assert pike.allow(b) is True and pike.allow(b) is True
+    assert not pike.allow(b).rate_capped
+    clock.advance(0.5)  # one second after the first error
+    again = pike.allow(a)
+    assert not again.rate_capped
+    assert again.error.data.endswith("blocked for 4 more seconds")
+    clock.advance(3.5)
+    last = pike.allow(a)
+    assert last.error.data.endswith("blocked for 1 more second")
+    clock.advance(0.5)  # block (and window) over
+    assert pike.allow(a) is True
+    stats = evi.statistics
+    assert stats.value("pike:requests_refused") == 4
+    assert stats.value("pike:requests_ignored") == 50
+    assert stats.value("pike:blocks") == 2  # a and b
 
 
 def test_unknown_module_or_key_is_a_startup_error(tmpdir_short):

@@ -142,7 +142,7 @@ def fake_connect(conn):
 
 
 def connection_of(transport, socket="127.0.0.1/q"):
-    return transport.parse("rabbitmq", socket).address.connection
+    return transport.admit(transport.parse("rabbitmq", socket)).address.connection
 
 
 def test_window_ack_multiple_and_nack():
@@ -286,17 +286,17 @@ def test_stop_drops_and_counts_what_is_left():
 
 def test_too_many_connections():
     transport, clock, statistics = make_transport(max_connections=2)
-    transport.parse("rabbitmq", "a/q")
-    transport.parse("rabbitmq", "b/q")
-    transport.parse("rabbitmq", "a/other")  # same connection: fine
+    transport.admit(transport.parse("rabbitmq", "a/q"))
+    transport.admit(transport.parse("rabbitmq", "b/q"))
+    transport.admit(transport.parse("rabbitmq", "a/other"))  # same connection: fine
     with pytest.raises(BadSocket, match="max_connections"):
-        transport.parse("rabbitmq", "c/q")
+        transport.admit(transport.parse("rabbitmq", "c/q"))
 
 
 def test_same_user_other_password_gets_its_own_connection():
     transport, clock, statistics = make_transport()
-    one = transport.parse("rabbitmq", "u:a@h/q").address.connection
-    two = transport.parse("rabbitmq", "u:b@h/q").address.connection
+    one = transport.admit(transport.parse("rabbitmq", "u:a@h/q")).address.connection
+    two = transport.admit(transport.parse("rabbitmq", "u:b@h/q")).address.connection
     assert one is not two
     assert (one.label, two.label) == ("amqp://u@h:5672/", "amqp://u@h:5672/#2")
 

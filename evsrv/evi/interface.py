@@ -13,7 +13,7 @@ from evsrv.evi.events import EventTable
 from evsrv.evi.notification import DeliveryReport, Notification
 from evsrv.evi.params import make_params
 from evsrv.evi.subscriptions import SubscriptionStore
-from evsrv.interfaces import BadSocket
+from evsrv.interfaces import BadSocket, LimitExceeded
 
 MAX_NESTED_RAISES = 100  # as OpenSIPS' MAX_REC_LEV
 SWEEP_LIMIT = 10000  # expirations per sweep; more wait for the next tick
@@ -66,6 +66,13 @@ class EventInterface:
         # evsrv.policy.DestinationPolicy (or None): check(destination,
         # transport) returns the destination, or raises DestinationRefused
         self.destination_policy = None
+        # evsrv.persistence.SubscriptionJournal (or None): MI subscriptions
+        # are answered once stored
+        self.journal = None
+        # [limits]; 0 means no limit
+        self.max_subscriptions = 0
+        self.max_subscriptions_per_event = 0
+        self.max_params_bytes = 0
 
     # -- events ---------------------------------------------------------
 
@@ -125,17 +132,27 @@ class EventInterface:
         d = maybeDeferred(transport.parse, scheme, rest)
         if self.destination_policy is not None:
             d.addCallback(self.destination_policy.check, transport)
+        admit = getattr(transport, "admit", None)
+        if admit is not None:
+            # resources (a broker connection) only for a socket the policy passed
+            d.addCallback(admit)
         d.addCallback(lambda destination: (transport, destination))
         return d
 
-    def subscribe(self, event_name: str, socket: str, expire=None, *, origin="internal"):
+    def subscribe(self, event_name: str, socket: str, expire=None, *, origin="internal",
+                  subscribed_at=None, record=True):
         """
         Subscribe C{socket} to an event, or refresh its subscription.
 
         @param expire: seconds. From the MI (C{origin="mi"}) C{0} removes the
             subscription at once; elsewhere C{None} or C{0} means it never expires.
+        @param subscribed_at: clock time of the subscription (a restored one
+            keeps its own); default now.
+        @param record: for C{origin="mi"}, whether to store the change in the
+            L{journal} (and answer only once it is durable).
         @return: Deferred firing with the L{Subscription} (C{None} after a
-            removal); fails with L{UnknownEvent} or L{BadSocket}.
+            removal); fails with L{UnknownEvent}, L{BadSocket},
+            L{LimitExceeded} or L{evsrv.persistence.StoreWriteError}.
         """
         event = self.events.get(event_name)
         if event is None:
@@ -143,6 +160,7 @@ class EventInterface:
         if expire is not None and expire < 0:
             return fail(ValueError("negative expire"))
         d = self.parse_socket(socket)
+        journal = self.journal if origin == "mi" and record else None
 
         def parsed(result):
             transport, destination = result
@@ -153,15 +171,51 @@ class EventInterface:
                     self._log.info("{socket} unsubscribed from {event}",
                                    socket=sub.socket, event=event.name,
                                    transport=transport.name)
-                return None
+                if journal is None:
+                    return None
+                key = destination.key
+                shown = key if type(key) is str else transport.describe(key)
+                return journal.delete(event.name, shown).addCallback(lambda _: None)
+            if self.store.find(event, destination.key) is None:
+                self._check_room(event)
+            now = self.clock.seconds() if subscribed_at is None else subscribed_at
             sub, created = self.store.subscribe(
-                event, destination, transport, expire or None, self.clock.seconds(), origin)
+                event, destination, transport, expire or None, now, origin)
             if created:
                 self._log.info("{socket} subscribed to {event} (expire {expire})",
                                socket=sub.socket, event=event.name, transport=transport.name,
                                expire=sub.expire if sub.expire is not None else "never")
-            return sub
+            if journal is None or sub.expire is None:
+                return sub
+
+            def not_stored(failure):
+                # the client hears it was not stored; a new subscription is
+                # taken back, a refresh keeps working until its old deadline
+                if created:
+                    self.store.remove(sub)
+                return failure
+            stored = journal.put(event.name, sub.socket, socket, sub.expire, now)
+            return stored.addCallbacks(lambda _: sub, not_stored)
         return d.addCallback(parsed)
+
+    def _check_room(self, event):
+        """
+        @raise LimitExceeded: a new subscription of C{event} would pass a
+            C{[limits]} value (expired ones are purged before saying so).
+        """
+        per_event = self.max_subscriptions_per_event
+        if per_event and len(event.subscriptions) >= per_event:
+            self.subscribers(event)
+            if len(event.subscriptions) >= per_event:
+                raise LimitExceeded(
+                    f"{event.name} has {per_event} subscribers, the most "
+                    f"[limits] max_subscriptions_per_event allows")
+        total = self.max_subscriptions
+        if total and self.store.size >= total:
+            self.store.expire_due(self.clock.seconds(), self._expired_hook)
+            if self.store.size >= total:
+                raise LimitExceeded(
+                    f"{total} subscriptions in all, the most [limits] max_subscriptions allows")
 
     def unsubscribe(self, subscription) -> None:
         self.store.remove(subscription)
@@ -242,7 +296,9 @@ class EventInterface:
             return fail(UnknownEvent(name))
         try:
             params = params if type(params) is tuple else make_params(params)
-        except (TypeError, ValueError) as e:
+            if self.max_params_bytes:
+                self.check_params(params)
+        except (TypeError, ValueError, LimitExceeded) as e:
             return fail(e)
         subs = self.subscribers(event)
         event.raised += 1
@@ -301,6 +357,27 @@ class EventInterface:
                 self._observe(report, notification.raised_at)
             return report
         return gatherResults(pending, consumeErrors=True).addCallback(settled)
+
+    def check_params(self, params) -> None:
+        """
+        @raise LimitExceeded: the parameters' names and values take more than
+            C{[limits] max_params_bytes} (UTF-8 text, ints as decimal digits).
+        """
+        limit = self.max_params_bytes
+        if not limit:
+            return
+        # a character is at most 4 bytes: encode only when it could matter
+        chars = sum(len(p.name or "") + (len(p.value) if type(p.value) is str else 20)
+                    for p in params)
+        if chars * 4 <= limit:
+            return
+        size = sum(len((p.name or "").encode("utf-8", "surrogatepass"))
+                   + (len(p.value.encode("utf-8", "surrogatepass")) if type(p.value) is str
+                      else len(str(p.value)))
+                   for p in params)
+        if size > limit:
+            raise LimitExceeded(f"the parameters take {size} bytes, more than "
+                                f"[limits] max_params_bytes ({limit})")
 
     def _observe(self, report, raised_at):
         elapsed = self.clock.seconds() - raised_at

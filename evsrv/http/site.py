@@ -5,6 +5,9 @@ the metrics at C{metrics_path} and the status page at C{status_path}; any
 other path is a 404.
 
 Hostile or broken clients:
+ - a client whose address is not in C{[http] allow} (default: loopback) is
+   disconnected as soon as it is accepted, with no service at all, counted in
+   C{http:connections_refused} and logged at most once per 10 s;
  - a request body larger than C{max_request} is refused with 413 and the
    connection closed as soon as its C{Content-Length} (or, chunked, the bytes
    received) says so; nothing beyond the cap is kept in memory;
@@ -28,6 +31,7 @@ from twisted.web.server import Request, Site
 from evsrv.http.metrics import MetricsResource
 from evsrv.http.mi import MIResource
 from evsrv.http.status import StatusResource
+from evsrv.mi.protocol import RateLimitedLog
 
 _TOO_LARGE = b"413 Request body too large"
 
@@ -110,14 +114,25 @@ class EvsrvSite(Site):
     requestFactory = CappedRequest
     _log = Logger()
 
-    def __init__(self, resource, reactor, max_request, idle_timeout, statistics):
+    def __init__(self, resource, reactor, max_request, idle_timeout, statistics, allow=None):
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_request = max_request
+        self.allow = allow  # NetworkList of client addresses served; None: every client
         self.too_large = statistics.counter("http", "requests_too_large")
         self._requests = statistics.counter("http", "requests")
+        self._refused = statistics.counter("http", "connections_refused")
+        self._warn_refused = RateLimitedLog(self._log, reactor)
         self.connections = {}  # transport -> Deferred fired when it is gone
 
     def buildProtocol(self, addr):
+        # (addr None: built in-process, as tests do; a listening port always gives one)
+        if self.allow is not None and addr is not None and addr.host not in self.allow:
+            # No protocol: Twisted closes the accepted socket at once, before
+            # a byte is read, so a refused client costs no buffer or timer.
+            self._refused.value += 1
+            self._warn_refused.warn("HTTP connection from {source} refused: not in [http] "
+                                    "allow ({allow})", source=addr.host, allow=str(self.allow))
+            return None
         protocol = super().buildProtocol(addr)
         lost = Deferred()
         made, original_lost = protocol.makeConnection, protocol.connectionLost
@@ -164,20 +179,22 @@ class EvsrvSite(Site):
         return gatherResults(waiting)
 
 
-def build_site(http_config, reactor, statistics, evi, controller, dispatcher):
+def build_site(http_config, reactor, statistics, evi, controller, dispatcher, mi_filters=()):
     """
     @param http_config: L{evsrv.config.HTTPConfig}.
     @param dispatcher: the MI dispatcher of the HTTP MI (no reply size limit).
+    @param mi_filters: the MI request gates (pike), asked for every HTTP MI
+        request as for the datagram MI.
     """
     routes = {}
     if http_config.mi_path:
-        routes[http_config.mi_path.encode()] = MIResource(dispatcher)
+        routes[http_config.mi_path.encode()] = MIResource(dispatcher, mi_filters)
     if http_config.metrics_path:
         routes[http_config.metrics_path.encode()] = MetricsResource(statistics, evi, controller)
     if http_config.status_path:
         routes[http_config.status_path.encode()] = StatusResource(statistics, evi, reactor)
     return EvsrvSite(_Paths(routes), reactor, http_config.max_request,
-                     http_config.idle_timeout, statistics)
+                     http_config.idle_timeout, statistics, http_config.allow)
 
 
 def url_host(host: str) -> str:

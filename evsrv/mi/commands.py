@@ -13,7 +13,8 @@ from twisted.logger import Logger
 from evsrv import __version__
 from evsrv.evi import UnknownEvent
 from evsrv.evi.params import INT64_MAX, INT64_MIN, Param
-from evsrv.interfaces import BadSocket
+from evsrv.interfaces import BadSocket, LimitExceeded
+from evsrv.persistence import StoreWriteError
 from evsrv.mi import jsonrpc
 from evsrv.mi.controller import Command, MIError, Named, clamp, invalid_params
 
@@ -23,8 +24,15 @@ DEFAULT_EXPIRE = 3600
 
 
 def _bad_socket(failure, socket, event):
+    from evsrv.interfaces import DestinationRefused
     failure.trap(BadSocket)
     reason = failure.getErrorMessage()
+    if failure.check(DestinationRefused):
+        # the client's answer, not a server error: info, counted by the policy
+        # (policy:destinations_refused)
+        _log.info("event_subscribe {event} {socket} refused: {reason}", event=event,
+                  socket=socket, reason=reason)
+        raise MIError(403, "Destination not allowed", reason, legacy=(403, "Forbidden"))
     _log.info("event_subscribe {event} {socket}: {reason}", event=event, socket=socket,
               reason=reason)
     raise MIError(400, "Bad parameter value", reason, legacy=(400, "Bad parameter"))
@@ -90,8 +98,20 @@ class EVICommands:
         d = self.evi.subscribe(event, socket, expire, origin="mi")
         d.addErrback(self._unknown_event_on_subscribe)
         d.addErrback(_bad_socket, socket, event)
+        d.addErrback(self._not_subscribed, socket, event)
         d.addCallback(lambda _: "OK")
         return d
+
+    @staticmethod
+    def _not_subscribed(failure, socket, event):
+        failure.trap(LimitExceeded, StoreWriteError)
+        reason = failure.getErrorMessage()
+        if failure.check(LimitExceeded):
+            _log.warn("event_subscribe {event} {socket} refused: {reason}", event=event,
+                      socket=socket, reason=reason)
+            raise MIError(503, "Subscription limit reached", reason)
+        # the journal has logged the disk error
+        raise MIError(500, "Subscription not stored", reason)
 
     @staticmethod
     def _unknown_event_on_subscribe(failure):
@@ -162,6 +182,10 @@ class EVICommands:
         if not self.evi.has_subscribers(name):
             raise MIError(480, "Temporarily Unavailable")
         params = mi_params(call.raw("params")) if call.has("params") else ()
+        try:
+            self.evi.check_params(params)
+        except LimitExceeded as e:
+            raise MIError(413, "Params too large", str(e)) from None
         d = self.evi.raise_event(name, params)
         # The MI answers at once, as OpenSIPS does; the delivery report is
         # for statistics and the log only.

@@ -11,6 +11,51 @@ from evsrv.mi import jsonrpc, text
 from evsrv.mi.controller import MIError
 
 
+class Refusal:
+    """
+    A request gate's refusal (see L{evsrv.modules.ModuleContext.mi_filters}).
+    It is false, so code that asks C{if not gate(address)} still reads it
+    as a refusal.
+
+    @ivar error: the L{MIError} to answer with, or C{None}: ignore the
+        request without a reply.
+    @ivar rate_capped: the gate has already answered this source recently:
+        the datagram listeners send nothing (a spoofed source must not turn
+        the server into a reflector), while the HTTP MI still answers with
+        C{error} (a TCP peer has proven its address, a reply reaches only it).
+    """
+    __slots__ = ("error", "rate_capped")
+
+    def __init__(self, error: MIError | None = None, rate_capped: bool = False):
+        self.error = error
+        self.rate_capped = rate_capped
+
+    def __bool__(self):
+        return False
+
+    def __repr__(self):
+        return f"Refusal({self.error!r}, rate_capped={self.rate_capped})"
+
+
+_IGNORE = Refusal()
+
+
+def run_gates(gates, address) -> Refusal | None:
+    """
+    Ask every gate about C{address}, in order; the first refusal wins.
+
+    @return: C{None} when every gate lets the request through, else a
+        L{Refusal} (a plain false answer becomes one without an error).
+    """
+    for gate in gates:
+        verdict = gate(address)
+        if isinstance(verdict, Refusal):
+            return verdict
+        if not verdict:
+            return _IGNORE
+    return None
+
+
 class MIDispatcher:
     """
     @param max_reply: the largest reply that can be sent (one datagram); a
@@ -40,6 +85,27 @@ class MIDispatcher:
         @return: as L{handle}.
         """
         return self._json(data)
+
+    def refusal_reply(self, data: bytes, error: MIError, json_only=False) -> bytes | None:
+        """
+        The reply bytes for a request refused with C{error} before it ran, in
+        the request's dialect: JSON-RPC echoes its C{id} (C{null} when it
+        cannot be read), a notification gets none; 1.x text gets
+        C{<code> <reason>}. Only decodes the request, never runs it.
+
+        @param json_only: the HTTP MI (no 1.x text).
+        """
+        if data[:1] == b":" and not json_only:
+            return text.error_reply(error)
+        try:
+            request = jsonrpc.decode(data)
+        except jsonrpc.ParseError:
+            return jsonrpc.error_reply(None, error)
+        except jsonrpc.InvalidRequest as e:
+            return jsonrpc.error_reply(e.id, error)
+        if request.is_notification:
+            return None
+        return jsonrpc.error_reply(request.id, error)
 
     # -- JSON-RPC -------------------------------------------------------------
 

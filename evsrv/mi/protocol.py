@@ -7,6 +7,14 @@ A client that floods the MI gets its datagrams dropped by the kernel once the
 receive buffer is full; a client that does not read its replies (or a UNIX
 client that did not bind a path) loses them, counted in C{mi:replies_failed}.
 Nothing here ever blocks.
+
+Access: a UDP listener serves only the sources of its C{allow} list
+(C{[mi] allow}, or its C{[mi:udp:HOST:PORT]} section); anything else gets no
+service and no reply, counted in C{mi:requests_refused} and logged at most
+once per 10 s. UNIX clients are let in by the socket file's mode and owner
+(C{[mi] unix_mode}, C{unix_owner}, C{unix_group}). Then the request gates
+(pike) may refuse a request, with or without an error reply (counted in
+C{mi:requests_filtered}).
 """
 
 import errno
@@ -17,6 +25,8 @@ import stat
 from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+
+from evsrv.mi.dispatch import run_gates
 
 MAX_DATAGRAM = 65457  # OpenSIPS mi_datagram's default socket_buf_size
 RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -58,17 +68,35 @@ class MIDatagramProtocol(DatagramProtocol):
         self.dispatcher = dispatcher
         self.allow = allow  # NetworkList of UDP sources served; None: every source
         self.label = label
-        # request gates (pike, later ACLs): any false answer ignores the datagram
+        # request gates (pike, ...): see evsrv.modules.ModuleContext.mi_filters
         self.filters = filters
         statistics = dispatcher.controller.statistics
         self._failed = statistics.counter("mi", "replies_failed")
+        self._refused = statistics.counter("mi", "requests_refused")
+        self._filtered = statistics.counter("mi", "requests_filtered")
         self._warn = RateLimitedLog(self._log, clock)
+        # its own limiter, so refusals cannot hide lost replies and vice versa
+        self._warn_refused = RateLimitedLog(self._log, clock)
 
     def datagramReceived(self, data, addr):
+        # The access list comes first: a refused source (possibly spoofed)
+        # costs one cached lookup, gets no reply (nothing to reflect), and
+        # never reaches the gates, so it cannot fill pike's table either.
+        if self.allow is not None and addr[0] not in self.allow:
+            self._refused.value += 1
+            self._warn_refused.warn("{label}: MI request from {source} refused: not in the "
+                                    "allow list ({allow})", label=self.label,
+                                    source=addr[0], allow=str(self.allow))
+            return
         if not data:
             return  # OpenSIPS ignores empty datagrams too
-        for allow in self.filters:
-            if not allow(addr):
+        if self.filters:
+            refusal = run_gates(self.filters, addr)
+            if refusal is not None:
+                self._filtered.value += 1
+                # rate_capped: the gate already answered this source lately
+                if refusal.error is not None and not refusal.rate_capped:
+                    self._reply(self.dispatcher.refusal_reply(data, refusal.error), addr)
                 return
         d = self.dispatcher.handle(data)
         d.addCallback(self._reply, addr)
@@ -82,8 +110,13 @@ class MIDatagramProtocol(DatagramProtocol):
             self._failed.value += 1
             self._warn.warn("{label}: cannot reply to an unbound UNIX client", label=self.label)
             return
+        # an answer that comes after the MI closed (shutdown) has no socket
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:
+            self._failed.value += 1
+            return
         try:
-            self.transport.socket.sendto(reply, addr)
+            sock.sendto(reply, addr)
         except OSError as e:
             self._failed.value += 1
             self._warn.warn("{label}: reply to {addr} lost: {error}", label=self.label,
@@ -137,13 +170,55 @@ def _clear_stale_socket(path: str):
     raise ListenError(f"cannot listen on {path}: another process is serving it")
 
 
+def _owner_ids(path: str, owner, group):
+    """
+    C{(uid, gid)} for C{os.chown} from user and group names (-1: unchanged).
+    """
+    import grp
+    import pwd
+    try:
+        uid = pwd.getpwnam(owner).pw_uid if owner else -1
+    except KeyError:
+        raise ListenError(f"cannot set the owner of {path}: no such user {owner!r}") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError:
+        raise ListenError(f"cannot set the group of {path}: no such group {group!r}") from None
+    return uid, gid
+
+
 def listen_unix(reactor, protocol, path: str, mode: int, owner=None, group=None):
+    """
+    Bind a UNIX datagram socket at C{path} with file mode C{mode} (applied by
+    Twisted right after bind) and, when given, owner and group names.
+
+    @raise ListenError: the socket cannot be made or given its owner (e.g.
+        C{unix_owner} set while the server does not run as root); nothing is
+        left listening and the socket file is removed.
+    """
     from twisted.internet.error import CannotListenError
+    uid, gid = _owner_ids(path, owner, group)  # before bind: nothing to undo
     _clear_stale_socket(path)
     try:
         listening = reactor.listenUNIXDatagram(path, protocol, maxPacketSize=65536, mode=mode)
     except CannotListenError as e:
         raise ListenError(f"cannot listen on {path}: {e.socketError}") from None
+    if uid != -1 or gid != -1:
+        # Until this runs the file has the server's owner and C{mode}: never
+        # wider than asked.
+        try:
+            os.chown(path, uid, gid)
+        except OSError as e:
+            # Closed now, not with stopListening's reactor turn: start-up is
+            # failing and the reactor may never run.
+            listening.stopReading()
+            listening.connectionLost(None)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise ListenError(f"cannot give {path} owner {owner or '(unchanged)'} and group "
+                              f"{group or '(unchanged)'}: {e.strerror}") from None
     _grow_receive_buffer(listening)
     return listening
 

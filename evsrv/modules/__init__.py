@@ -20,8 +20,21 @@ from evsrv.plugin_factory import PluginFactory
 @dataclass
 class ModuleContext:
     """
-    @ivar mi_filters: callables C{(address) -> bool} asked before every MI
-        request; a false answer ignores the request (no reply).
+    @ivar mi_filters: request gates: callables C{(address)} asked, in
+        order, before every MI request that passed the listener's access
+        list, on the datagram and HTTP MI. C{address} is C{(host, port)} for
+        UDP and HTTP clients (4-tuple for IPv6 UDP), a path (or C{None}) for
+        UNIX clients. A gate answers:
+         - true: go on (the next gate, then the command);
+         - L{evsrv.mi.dispatch.Refusal}C{(error)}: refused, answered with
+           the L{MIError} C{error} in the request's dialect (HTTP: its code
+           as the status when 4xx/5xx, else 403); with C{rate_capped=True}
+           the datagram MI sends nothing (a gate that answers floods must cap
+           its replies, or spoofed sources make it a reflector);
+         - any other false value (C{False}, C{Refusal()}): ignored silently
+           (no reply; HTTP closes the connection).
+        Every refusal is counted in C{mi:requests_filtered}. Gates run on the
+        hot path: keep them cheap and their memory bounded.
     """
     reactor: object
     statistics: object

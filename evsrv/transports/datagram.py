@@ -233,6 +233,12 @@ class UDPTransport(_DatagramSender):
         return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
 
     @staticmethod
+    def peer_hosts(destination):
+        # the address datagrams go to: the literal, or what the name
+        # resolved to when subscribing (for the [policy])
+        return (destination.address[0],)
+
+    @staticmethod
     def describe(key) -> str:
         return f"udp:{key[0]}:{key[1]}"
 
@@ -251,6 +257,10 @@ class UNIXTransport(_DatagramSender):
             raise BadSocket(f"UNIX socket path longer than 107 bytes: {rest[:120]!r}")
         # bytes: the path leaves exactly as given, whatever its encoding
         return Destination(f"unix:{rest}", to_bytes(rest))
+
+    @staticmethod
+    def peer_hosts(destination):
+        return ()  # a local path: nothing for the [policy] to check
 
     def _socket_for(self, address):
         return self._socket(socket.AF_UNIX)

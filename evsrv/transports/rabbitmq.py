@@ -13,9 +13,11 @@ can be given back, e.g. to unsubscribe).
 
 How delivery works, and what a slow, dead or hostile broker can do:
 
- - One L{BrokerConnection} per (host, port, vhost, user, password, tls),
-   shared by every subscription to it. It connects on its first publish
-   (nothing happens for a subscription that never receives) and then stays
+ - One L{BrokerConnection} per (host, port, vhost, user, password, tls)
+   and the address the host name resolved to when subscribing (it connects
+   to that address only, the one the [policy] checked; TLS still verifies
+   the name), shared by every subscription to it. It connects on its first
+   publish (nothing happens for a subscription that never receives) and then stays
    connected, reconnecting with a growing delay (ClientService).
  - Publisher confirms are on. A publish counts as sent when the broker acks
    it and failed when it nacks it. At most C{window} publishes per
@@ -65,6 +67,7 @@ from urllib.parse import quote
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -153,9 +156,16 @@ def _escape_host(host: str) -> str:
 
 class ConnectionKey(tuple):
     """
-    C{(host, port, vhost, user, password, tls)}: what makes two subscriptions
-    share one broker connection. The password is part of it so that a
-    subscriber never rides on a connection opened with someone else's.
+    C{(host, port, vhost, user, password, tls[, address])}: what makes two
+    subscriptions share one broker connection. The password is part of it so
+    that a subscriber never rides on a connection opened with someone else's.
+
+    C{address} is the IP address C{host} resolved to when subscribing (see
+    L{pinned}): the connection connects there and nowhere else, so a later
+    DNS answer cannot redirect it past the C{[policy]}, and a subscriber
+    whose name resolved elsewhere (checked on its own) gets a connection of
+    its own. Without it (a key from L{parse_socket}) the connection
+    connects to C{host} by name.
     """
     __slots__ = ()
 
@@ -165,6 +175,14 @@ class ConnectionKey(tuple):
     user = property(lambda self: self[3])
     password = property(lambda self: self[4])
     tls = property(lambda self: self[5])
+    address = property(lambda self: self[6] if len(self) > 6 else None)
+
+    def pinned(self, address: str) -> "ConnectionKey":
+        """
+        This key, connecting to the IP C{address} (C{host} stays the TLS
+        server name).
+        """
+        return ConnectionKey(self[:6] + (address,))
 
     @property
     def label(self) -> str:
@@ -607,8 +625,9 @@ class BrokerConnection:
 
     def _endpoint(self):
         t = self.transport
-        endpoint = HostnameEndpoint(t.reactor, self.key.host, self.key.port,
-                                    timeout=t.connect_timeout)
+        # the address checked when subscribing, never a fresh DNS answer
+        endpoint = HostnameEndpoint(t.reactor, self.key.address or self.key.host,
+                                    self.key.port, timeout=t.connect_timeout)
         if self.key.tls:
             endpoint = wrapClientTLS(t.tls_options(self.key.host), endpoint)
         return _ObservedEndpoint(endpoint, self)
@@ -937,6 +956,7 @@ class RabbitMQTransport(Service):
     """
     _log = Logger()
     schemes = ("rabbitmq",)
+    _drained = False  # a drain (shutdown) already gave the queues their time
 
     def __init__(self, name, reactor, statistics, *, format="json", heartbeat=10,
                  connect_timeout=5.0, reconnect_min=0.5, reconnect_max=10.0,
@@ -972,16 +992,59 @@ class RabbitMQTransport(Service):
 
     def parse(self, scheme, rest):
         shown, target = parse_socket(rest)
-        if target.connection.tls:
+        key = target.connection
+        if key.tls:
             self._check_tls()
-        if (target.connection not in self.connections
-                and len(self.connections) >= self.max_connections):
+        host = key.host
+        if isIPAddress(host) or isIPv6Address(host):
+            return self._destination(shown, target, key.pinned(host))
+        resolve = getattr(self.reactor, "resolve", None)
+        if resolve is None:
+            # A reactor that cannot resolve (a task.Clock in unit tests): the
+            # name stays, and peer_hosts reports it, which no [policy] passes.
+            return self._destination(shown, target, key)
+
+        # Resolved once, now, as the other transports do: the policy checks
+        # this address and the connection uses it (ConnectionKey.pinned).
+        def resolved(ip):
+            return self._destination(shown, target, key.pinned(ip))
+
+        def unresolved(failure):
+            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
+        return resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+
+    @staticmethod
+    def _destination(shown, target, key):
+        # target.connection stays a ConnectionKey until admit(): a socket the
+        # [policy] refuses must not take one of the max_connections
+        target.connection = key
+        return Destination(shown, target)
+
+    def admit(self, destination):
+        """
+        Called by the event interface once the socket passed the [policy]:
+        the connection object is made now (no I/O until the first publish),
+        so deliver() never has to look it up.
+
+        @raise BadSocket: one more broker connection than C{max_connections}.
+        """
+        target = destination.address
+        key = target.connection
+        if isinstance(key, BrokerConnection):
+            return destination
+        if key not in self.connections and len(self.connections) >= self.max_connections:
             raise BadSocket(f"too many broker connections ({self.max_connections}, "
                             f"[transport:{self.name}] max_connections)")
-        # The connection object is made now (no I/O until the first publish),
-        # so deliver() never has to look it up.
-        target.connection = self.connection(target.connection)
-        return Destination(shown, target)
+        target.connection = self.connection(key)
+        return destination
+
+    @staticmethod
+    def peer_hosts(destination):
+        # the broker address connected to (for the [policy]); the host name
+        # itself only when nothing could resolve it, which no policy passes
+        connection = destination.address.connection
+        key = connection.key if isinstance(connection, BrokerConnection) else connection
+        return (key.address or key.host,)
 
     def connection(self, key: ConnectionKey) -> BrokerConnection:
         conn = self.connections.get(key)
@@ -1073,9 +1136,35 @@ class RabbitMQTransport(Service):
 
     # -- service ------------------------------------------------------------------------------
 
+    def drain(self, deadline):
+        """
+        Shutdown: wait for the queued and unconfirmed publishes to be
+        confirmed, for C{stop_timeout} seconds at most and never past
+        C{deadline}; L{stopService} then does not wait again. See
+        L{evsrv.interfaces.IEventTransport}.
+
+        @return: Deferred firing with a L{DrainResult} of what is left.
+        """
+        from evsrv.shutdown import DrainResult
+        self._drained = True
+        timeout = min(self.stop_timeout, deadline - self.reactor.seconds())
+        busy = [conn for conn in self.connections.values() if conn.queue or conn.in_flight]
+        waits = [conn._wait_flushed(timeout) for conn in busy] if timeout > 0 else []
+
+        def left(_):
+            result = DrainResult()
+            for conn in self.connections.values():
+                if conn.queue or conn.in_flight:
+                    result.add(conn.label, len(conn.queue) + len(conn.in_flight),
+                               f"{STATE_NAMES[conn.state]}, {len(conn.in_flight)} "
+                               "unconfirmed")
+            return result
+        return defer.DeferredList(waits).addCallback(left)
+
     def stopService(self):
         super().stopService()
-        stops = [conn.stop(self.stop_timeout) for conn in self.connections.values()]
+        flush = 0.0 if self._drained else self.stop_timeout
+        stops = [conn.stop(flush) for conn in self.connections.values()]
         return defer.DeferredList(stops, consumeErrors=True).addCallback(lambda _: None)
 
 

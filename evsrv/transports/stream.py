@@ -35,6 +35,11 @@ up to C{retries} sends in all, then counts as failed.
 Every result (delivered, failed, dropped) reaches the subscriber's counters,
 the transport statistics and the Deferred[Outcome] of the C{deliver} call
 that sent it, so callers (the virtual transport, scripts) see real outcomes.
+
+At shutdown (L{StreamTransport.drain}) queues go on being sent, and each
+connection with nothing left (in reliable mode: every reply in) is closed
+gracefully, so that what Twisted still buffers reaches the peer; at the
+deadline whatever is left is reported, then dropped when the transport stops.
 """
 
 import collections
@@ -357,6 +362,7 @@ class _Peer:
         self._retry = self._expiry = self._reply_timer = None
         self._closed = None   # Deferred fired when the connection is gone (stop)
         self._aborted = False  # we closed it ourselves (already logged why)
+        self.closing = False   # draining: closed once written out, write no more
 
     # -- sending -------------------------------------------------------------
 
@@ -374,7 +380,7 @@ class _Peer:
         self._arm_expiry()
 
     def _can_write(self):
-        return (self.state == "connected" and not self.protocol.paused
+        return (self.state == "connected" and not self.closing and not self.protocol.paused
                 and len(self.unanswered) < self.transport.queue_size)
 
     def _write(self, entry):
@@ -409,6 +415,7 @@ class _Peer:
         self.state = "connected"
         self.protocol = protocol
         self._aborted = False
+        self.closing = False
         self.connector = None
         self.failures = 0
         self.transport.connections += 1
@@ -548,6 +555,48 @@ class _Peer:
             if call.active():
                 call.cancel()
 
+    def drained(self) -> bool:
+        """
+        Draining (shutdown): whether nothing is left to deliver. A
+        connection with nothing more to send is closed gracefully first, so
+        that the bytes Twisted still buffers for it reach the peer before it
+        counts as done; a peer that never reads them keeps it open until the
+        deadline, when L{close} aborts it.
+        """
+        if self.queue or self.unanswered:
+            return False
+        if self.protocol is None:
+            return True
+        if not self.closing:
+            self.closing = True
+            self._aborted = True  # closed on purpose: not a failure to log
+            transport = self.protocol.transport
+            # a registered producer would keep loseConnection waiting forever
+            transport.unregisterProducer()
+            transport.loseConnection()
+        return False
+
+    def undelivered(self):
+        """
+        C{(count, state)} of what is left when a drain ends.
+        """
+        count = len(self.queue) + len(self.unanswered)
+        if self.state == "connected":
+            if self.unanswered:
+                state = f"connected, {len(self.unanswered)} awaiting the peer's reply"
+            elif self.closing or self.protocol.paused:
+                state = "connected, the peer does not read"
+            else:
+                state = "connected"
+        elif self.state == "waiting":
+            state = (f"down, {self.failures} failed connect(s), reconnecting" if self.failures
+                     else "disconnected, reconnecting")
+        else:
+            state = self.state
+        if self.health.kind is not None and self.state != "waiting":
+            state += f", {self.health.kind} failing"
+        return count, state
+
     def close(self):
         """
         Drop what waits and close the connection. @return: Deferred fired
@@ -631,6 +680,12 @@ class StreamTransport(Service):
             raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
         return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
 
+    @staticmethod
+    def peer_hosts(destination):
+        # the address connected to: the literal, or what the name resolved
+        # to when subscribing (for the [policy])
+        return (destination.address[0],)
+
     # -- delivering ------------------------------------------------------------
 
     def _body(self, notification, method, notification_id):
@@ -702,6 +757,29 @@ class StreamTransport(Service):
             del self._peers[(peer.host, peer.port)]
 
     # -- service ---------------------------------------------------------------
+
+    def drain(self, deadline):
+        """
+        Shutdown: go on delivering until nothing is queued, unanswered
+        (reliable mode) or unwritten, or until C{deadline}; every connection
+        is closed gracefully once it is done. See
+        L{evsrv.interfaces.IEventTransport}.
+
+        @return: Deferred firing with a L{DrainResult} of what is left.
+        """
+        from evsrv.shutdown import DrainResult, wait_drained
+
+        def drained():
+            # every peer is asked, so that each done one starts closing now
+            return all([peer.drained() for peer in list(self._peers.values())])
+
+        def left(_):
+            result = DrainResult()
+            for peer in self._peers.values():
+                if peer.queue or peer.unanswered or peer.protocol is not None:
+                    result.add(peer.label, *peer.undelivered())
+            return result
+        return wait_drained(self.reactor, deadline, drained).addCallback(left)
 
     def stopService(self):
         super().stopService()

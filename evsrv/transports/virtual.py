@@ -53,7 +53,7 @@ from zope.interface import implementer
 
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination, Subscription
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport
 from evsrv.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
@@ -168,8 +168,10 @@ class VirtualTransport:
         members = []
         for index, (ok, result) in enumerate(results):
             if not ok:
-                raise BadSocket(f"virtual member {index + 1} {texts[index][:120]!r}: "
-                                f"{result.getErrorMessage()}")
+                # a member the [policy] refused refuses the whole group (MI 403)
+                error = DestinationRefused if result.check(DestinationRefused) else BadSocket
+                raise error(f"virtual member {index + 1} {texts[index][:120]!r}: "
+                            f"{result.getErrorMessage()}")
             transport, destination = result
             if transport is self:
                 raise BadSocket(f"a virtual member cannot be virtual: {texts[index][:120]!r}")
@@ -182,6 +184,11 @@ class VirtualTransport:
     @staticmethod
     def describe(key) -> str:
         return key.text
+
+    @staticmethod
+    def peer_hosts(destination):
+        # the members were checked by the [policy] when they were parsed
+        return ()
 
     # -- delivering ---------------------------------------------------------
 
@@ -330,6 +337,19 @@ class VirtualTransport:
                 _verdict, lambda f: (FAILED, f.getErrorMessage() or repr(f.value), False),
                 callbackArgs=(msub, failed_before))
         return _verdict(result, msub, failed_before)
+
+    # -- stopping -----------------------------------------------------------
+
+    def drain(self, deadline):
+        """
+        Shutdown: nothing waits here. A virtual raise in progress waits in
+        its members' transports, which drain it (and count it) themselves;
+        a FAILOVER raise whose member fails while draining goes on to the
+        next member, also drained. The result only marks the virtual
+        counters as counted elsewhere.
+        """
+        from evsrv.shutdown import DrainResult
+        return DrainResult(through_members=True)
 
 
 def _verdict(outcome, msub, failed_before):

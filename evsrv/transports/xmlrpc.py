@@ -261,6 +261,12 @@ class XMLRPCTransport(Service):
             raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
         return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
 
+    @staticmethod
+    def peer_hosts(destination):
+        # the address connected to: the literal, or what the name resolved
+        # to when subscribing (for the [policy])
+        return (destination.address[0],)
+
     def deliver(self, notification, subscriptions):
         batch = DeliveryBatch(self.counters)
         batch.pending = len(subscriptions)
@@ -299,6 +305,30 @@ class XMLRPCTransport(Service):
             yield {"destination": destination.key, "in_flight": len(destination.calls),
                    "queued": len(destination.queue),
                    "failing": int(destination.health.kind is not None)}
+
+    def drain(self, deadline):
+        """
+        Shutdown: go on calling until no call is open and nothing is queued,
+        or until C{deadline} (a call counts once answered, so nothing is
+        left half-delivered). See L{evsrv.interfaces.IEventTransport}.
+
+        @return: Deferred firing with a L{DrainResult} of what is left.
+        """
+        from evsrv.shutdown import DrainResult, wait_drained
+
+        def drained():
+            return not any(d.calls or d.queue for d in self._destinations.values())
+
+        def left(_):
+            result = DrainResult()
+            for d in self._destinations.values():
+                if d.calls or d.queue:
+                    state = f"{len(d.calls)} call(s) unanswered"
+                    if d.health.kind is not None:
+                        state += f", {d.health.kind} failing"
+                    result.add(d.key, len(d.calls) + len(d.queue), state)
+            return result
+        return wait_drained(self.reactor, deadline, drained).addCallback(left)
 
     def stopService(self):
         super().stopService()

@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.test_persistence -*-
+"""
+Group commit of subscription changes: an MI subscribe is answered only once
+its change is on disk, yet a thousand subscribers refreshing every few
+seconds cost a few disk syncs per second, not a thousand.
+
+Changes wait up to C{batch_delay} seconds for company, then go to the
+database in one transaction, run in a thread so the reactor never waits on
+the disk. While a transaction runs, new changes gather for the next one.
+Changes to the same subscription within a batch collapse into the last one.
+
+A slow disk makes MI answers slower, never lost or reordered; a failing
+disk (full, read-only, gone) fails the waiting requests with
+L{StoreWriteError}, and later batches try again.
+"""
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from evsrv.mi.protocol import RateLimitedLog
+
+_PUT, _DELETE = "put", "delete"
+
+
+class StoreWriteError(Exception):
+    """
+    A batch could not be written; the change was not stored.
+    """
+
+
+class SubscriptionJournal:
+    """
+    @param database: a L{evsrv.persistence.SubscriptionDatabase}.
+    @param clock: C{IReactorTime}, for the batch delay and purge times.
+    @param run: C{run(f, *args) -> Deferred} running C{f} off the reactor
+        thread (never two at once); default: the reactor's thread pool.
+    @param batch_delay: seconds a first change waits for others.
+    """
+    _log = Logger()
+
+    def __init__(self, database, clock, statistics, batch_delay=0.01, run=None):
+        self.database = database
+        self.clock = clock
+        self.batch_delay = batch_delay
+        if run is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            def run(f, *args):
+                return deferToThreadPool(clock, clock.getThreadPool(), f, *args)
+        self._run = run
+        self._changes = {}   # (event, destination) -> (kind, row)
+        self._waiters = []   # Deferreds answered by the next batch
+        self._timer = None
+        self._writing = None  # Deferred of the transaction in flight
+        self._closed = False
+        self._errors = RateLimitedLog(self._log, clock)
+        self.writes = statistics.counter("store", "writes")
+        self.rows_written = statistics.counter("store", "changes_written")
+        self.write_failures = statistics.counter("store", "write_failures")
+        statistics.gauge("store", "pending", lambda: len(self._changes))
+
+    # -- changes ------------------------------------------------------------
+
+    def put(self, event, destination, socket, expire, subscribed_at) -> Deferred:
+        """
+        Store (or refresh) a subscription. @return: a Deferred firing once it
+        is durable; fails with L{StoreWriteError}.
+        """
+        return self._add((event, destination),
+                         (_PUT, (event, destination, socket, expire, subscribed_at)))
+
+    def delete(self, event, destination) -> Deferred:
+        """
+        Forget a subscription. @return: as L{put}.
+        """
+        return self._add((event, destination), (_DELETE, (event, destination)))
+
+    def _add(self, key, change) -> Deferred:
+        if self._closed:
+            return _failed("the store is closed")
+        self._changes[key] = change
+        waiter = Deferred()
+        self._waiters.append(waiter)
+        if self._writing is None and self._timer is None:
+            self._timer = self.clock.callLater(self.batch_delay, self._flush)
+        return waiter
+
+    # -- writing ------------------------------------------------------------
+
+    def _flush(self):
+        self._timer = None
+        if self._writing is not None:
+            return
+        changes, waiters = self._changes, self._waiters
+        self._changes, self._waiters = {}, []
+        if not changes:
+            for waiter in waiters:  # flush() callers with nothing left to write
+                waiter.callback(None)
+            return
+        puts = [row for kind, row in changes.values() if kind == _PUT]
+        deletes = [row for kind, row in changes.values() if kind == _DELETE]
+        # rows nobody refreshed or removed go too (their subscriptions are
+        # long gone from memory); a small grace avoids racing the clock
+        expired_before = self.clock.seconds() - 1
+        self._writing = self._run(self.database.write, puts, deletes, expired_before)
+        self._writing.addCallbacks(self._written, self._failed,
+                                   callbackArgs=(len(changes), waiters),
+                                   errbackArgs=(len(changes), waiters))
+
+    def _written(self, _, count, waiters):
+        self._writing = None
+        self.writes.value += 1
+        self.rows_written.value += count
+        for waiter in waiters:
+            waiter.callback(None)
+        self._next()
+
+    def _failed(self, failure, count, waiters):
+        self._writing = None
+        self.write_failures.value += 1
+        reason = failure.getErrorMessage()
+        self._errors.warn("subscription store {path}: {count} change(s) not written: "
+                          "{reason}", path=str(self.database.path), count=count,
+                          reason=reason)
+        for waiter in waiters:
+            waiter.errback(StoreWriteError(reason))
+        self._next()
+
+    def _next(self):
+        if (self._changes or self._waiters) and self._timer is None:
+            # changes that arrived during the write already waited: go now
+            self._flush()
+
+    # -- closing ------------------------------------------------------------
+
+    def flush(self) -> Deferred:
+        """
+        Write whatever is pending now. @return: a Deferred firing once every
+        change made so far is durable (or failed).
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._changes and self._writing is None:
+            return succeed(None)
+        done = Deferred()
+        self._waiters.append(done)
+        if self._writing is None:
+            self._flush()
+        return done
+
+    def close(self) -> Deferred:
+        """
+        Write what is pending, then close the file; later changes fail.
+        @return: a Deferred firing when closed; it fails with
+            L{StoreWriteError} if the last changes could not be written.
+        """
+        if self._closed:
+            return succeed(None)
+        d = self.flush()
+        self._closed = True
+
+        def close_file(result):
+            closing = self._run(self.database.close)
+            return closing.addCallback(lambda _: result)
+        return d.addBoth(close_file)
+
+
+def _failed(reason):
+    from twisted.internet.defer import fail
+    return fail(StoreWriteError(reason))
