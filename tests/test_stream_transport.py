@@ -535,3 +535,41 @@ def test_refused_destination_fails_after_queue_timeout(server_factory, logged_er
     yield server.evi.subscribe("E_TEST", f"tcp:127.0.0.1:{port}")
     report = yield server.evi.raise_event("E_TEST")
     assert report.failed == 1 and report.errors[0][1].startswith("not sent within 0.3 s")
+
+
+def test_quiet_destination_is_closed_and_forgotten():
+    evi, clock, transport = make_evi(idle_timeout=60.0)
+    transport.startService()
+    result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    evi.raise_event("E_TEST")
+    protocol, wire = connect(clock)
+    clock.advance(30)
+    evi.raise_event("E_TEST")  # used again: the clock starts over
+    clock.advance(30)
+    assert not wire.disconnecting
+    clock.advance(30)
+    assert wire.disconnecting and transport._peers == {}
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert counters(evi) == (2, 0, 0)
+    d = evi.raise_event("E_TEST")  # the next one reconnects
+    assert len(clock.tcpClients) == 2
+    connect(clock)
+    assert result_of(d).delivered == 1
+    transport.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_quiet_connection_is_closed_for_real(server_factory, tcp_receivers):
+    # e.g. a subscriber that unsubscribed but keeps its end open: its file
+    # descriptor is given back
+    server = server_factory(INI.format(extra="idle_timeout = 0.2"))
+    rx = tcp_receivers()
+    yield server.evi.subscribe("E_TEST", f"tcp:127.0.0.1:{rx.port}")
+    report = yield server.evi.raise_event("E_TEST", ["one"])
+    assert report.delivered == 1
+    yield rx.until(lambda: rx.connections and rx.connections[0].lost.called)
+    assert server.transports["tcp"]._peers == {}
+    report = yield server.evi.raise_event("E_TEST", ["two"])
+    yield rx.until(lambda: len(rx.received()) == 2)
+    assert [o["params"] for o in rx.received()] == [["one"], ["two"]]
+    assert len(rx.connections) == 2

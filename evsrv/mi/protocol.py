@@ -129,7 +129,15 @@ class ListenError(Exception):
     """
 
 
-def _grow_receive_buffer(port):
+# Bytes of MI datagrams read in one reactor turn (Twisted's default is
+# 256 KiB): a backlog of raises, each fanned out to many subscribers, must not
+# hold the reactor for seconds while connections, timers and the store's
+# answers wait; the kernel buffer keeps the rest for the next turn.
+MI_BYTES_PER_TURN = 16 * 1024
+
+
+def _tune_mi_port(port):
+    port.maxThroughput = MI_BYTES_PER_TURN
     try:
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
     except OSError:
@@ -142,7 +150,7 @@ def listen_udp(reactor, protocol, host: str, port: int):
         listening = reactor.listenUDP(port, protocol, interface=host, maxPacketSize=65536)
     except CannotListenError as e:
         raise ListenError(f"cannot listen on udp:{host}:{port}: {e.socketError}") from None
-    _grow_receive_buffer(listening)
+    _tune_mi_port(listening)
     return listening
 
 
@@ -219,7 +227,7 @@ def listen_unix(reactor, protocol, path: str, mode: int, owner=None, group=None)
                 pass
             raise ListenError(f"cannot give {path} owner {owner or '(unchanged)'} and group "
                               f"{group or '(unchanged)'}: {e.strerror}") from None
-    _grow_receive_buffer(listening)
+    _tune_mi_port(listening)
     return listening
 
 

@@ -22,7 +22,11 @@ notification and kept open. What happens when the peer misbehaves:
    received is discarded as it arrives; in reliable mode at most
    C{MAX_REPLY_BUFFER} bytes of an unfinished reply are kept, and a reply
    that is not a JSON object with a numeric id closes the connection;
- - closes the connection: the next notification (or a queued one) reconnects.
+ - closes the connection: the next notification (or a queued one) reconnects;
+ - goes quiet (nothing sent to it for C{idle_timeout} seconds, e.g. its
+   subscriptions expired or were removed): the connection is closed and the
+   destination forgotten, so addresses that come and go cannot pile up open
+   file descriptors or table entries.
 
 Reliable mode (C{reliable = yes} in the ini section): each body carries a
 numeric C{"id"} first and counts as delivered only when the peer's JSON-RPC
@@ -49,7 +53,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -363,11 +367,13 @@ class _Peer:
         self._closed = None   # Deferred fired when the connection is gone (stop)
         self._aborted = False  # we closed it ourselves (already logged why)
         self.closing = False   # draining: closed once written out, write no more
+        self.last_used = transport.reactor.seconds()
 
     # -- sending -------------------------------------------------------------
 
     def send(self, entry):
         t = self.transport
+        self.last_used = entry.queued_at
         if not self.queue and self._can_write():
             self._write(entry)
             return
@@ -597,6 +603,30 @@ class _Peer:
             state += f", {self.health.kind} failing"
         return count, state
 
+    def idle(self, now) -> bool:
+        """
+        Nothing queued or unanswered, and nothing sent for C{idle_timeout}.
+        """
+        return (not self.queue and not self.unanswered and not self.closing
+                and now - self.last_used >= self.transport.idle_timeout)
+
+    def close_idle(self):
+        """
+        Close a quiet connection gracefully (what Twisted still buffers is
+        written first) and forget the destination.
+        """
+        for name in ("_retry", "_expiry", "_reply_timer"):
+            self._cancel(name)
+        self.transport._peers.pop((self.host, self.port), None)
+        if self.state == "connected" and self.protocol is not None:
+            self._aborted = True  # ours: not a failure to log
+            self.closing = True
+            self.protocol.transport.loseConnection()
+        elif self.state == "connecting" and self.connector is not None:
+            self._closed = Deferred()  # connect_failed then just goes idle
+            self.connector.stopConnecting()
+        self.state = "idle"
+
     def close(self):
         """
         Drop what waits and close the connection. @return: Deferred fired
@@ -641,6 +671,7 @@ class StreamTransport(Service):
         self.reconnect_max_delay = max(settings["reconnect_max_delay"], self.reconnect_delay)
         self.retries = settings["retries"]
         self.event_param = settings["event_param"] or None
+        self.idle_timeout = settings.get("idle_timeout", 300.0)
         self.counters = TransportCounters(statistics, name)
         group = f"evi_{name}"
         self.connections = 0
@@ -654,6 +685,8 @@ class StreamTransport(Service):
         self._peers = {}  # (ip, port) -> _Peer
         self._next_id = 0
         self._stopped = False
+        self._idle_sweep = LoopingCall(self._close_idle)
+        self._idle_sweep.clock = reactor
 
     # -- subscribing -----------------------------------------------------------
 
@@ -756,7 +789,21 @@ class StreamTransport(Service):
         if peer.health.kind is None and self._peers.get((peer.host, peer.port)) is peer:
             del self._peers[(peer.host, peer.port)]
 
+    def _close_idle(self):
+        now = self.reactor.seconds()
+        quiet = [peer for peer in self._peers.values() if peer.idle(now)]
+        for peer in quiet:
+            peer.close_idle()
+        if quiet:
+            self._log.debug("{count} quiet {scheme} destination(s) closed", count=len(quiet),
+                            scheme=self.scheme)
+
     # -- service ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        if self.idle_timeout:
+            self._idle_sweep.start(min(self.idle_timeout, 30.0), now=False)
 
     def drain(self, deadline):
         """
@@ -784,6 +831,8 @@ class StreamTransport(Service):
     def stopService(self):
         super().stopService()
         self._stopped = True
+        if self._idle_sweep.running:
+            self._idle_sweep.stop()
         waits = [d for d in (peer.close() for peer in self._peers.values()) if d is not None]
         self._peers = {}
         # One more reactor turn: a connect aborted before it started leaves
@@ -817,6 +866,9 @@ def _options():
                             "seconds before the first reconnect; doubled after each failed "
                             "connect"),
         "reconnect_max_delay": ("30", seconds, "longest wait between two connects"),
+        "idle_timeout": ("300", seconds,
+                         "seconds without a notification after which a destination's "
+                         "connection is closed (reopened by the next one); 0: never"),
         "event_param": ("", method_name,
                         "name of an extra first parameter carrying the event name "
                         "(OpenSIPS event_param); empty: none"),
