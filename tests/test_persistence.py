@@ -438,3 +438,25 @@ def test_a_corrupt_store_stops_start_up_unless_told_to_ignore_it(tmpdir_short):
     aside = [p for p in (tmpdir_short / "state").iterdir() if ".unusable-" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes() == b"\x00garbage" * 1000
     assert rows(store) == []
+
+
+def test_under_steady_load_a_change_waits_its_batch_delay_not_more(tmp_path):
+    runner = ManualRunner()
+    journal, clock, _ = make_journal(tmp_path, runner)
+    journal.put("E_A", "a", "a", 10, 0.0)
+    clock.advance(0.01)
+    assert len(runner.calls) == 1
+    clock.advance(0.002)
+    journal.put("E_A", "b", "b", 10, 0.0)  # arrives while the first write runs
+    clock.advance(0.001)
+    runner.run_next()
+    assert runner.calls == []  # the write is done, but "b" has waited 1 ms only
+    clock.advance(0.0089)
+    assert runner.calls == []
+    clock.advance(0.0002)
+    assert len(runner.calls) == 1  # 10 ms after "b" arrived: at most 100 syncs/s
+    runner.run_next()
+    closed = journal.close()
+    runner.run_next()
+    result_of(closed)
+

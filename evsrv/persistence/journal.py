@@ -4,9 +4,12 @@ Group commit of subscription changes: an MI subscribe is answered only once
 its change is on disk, yet a thousand subscribers refreshing every few
 seconds cost a few disk syncs per second, not a thousand.
 
-Changes wait up to C{batch_delay} seconds for company, then go to the
-database in one transaction, run in a thread so the reactor never waits on
-the disk. While a transaction runs, new changes gather for the next one.
+A change waits up to C{batch_delay} seconds for company, then the batch
+goes to the database in one transaction, run in a thread so the reactor
+never waits on the disk: at most one disk sync per C{batch_delay}, however
+many subscribers refresh. While a transaction runs, new changes gather for
+the next one, which starts when it is done or when its first change has
+waited C{batch_delay}, whichever comes later.
 Changes to the same subscription within a batch collapse into the last one.
 
 A slow disk makes MI answers slower, never lost or reordered; a failing
@@ -51,6 +54,7 @@ class SubscriptionJournal:
         self._changes = {}   # (event, destination) -> (kind, row)
         self._waiters = []   # Deferreds answered by the next batch
         self._timer = None
+        self._first_at = None  # clock time of the oldest change not yet written
         self._writing = None  # Deferred of the transaction in flight
         self._closed = False
         self._errors = RateLimitedLog(self._log, clock)
@@ -78,6 +82,8 @@ class SubscriptionJournal:
     def _add(self, key, change) -> Deferred:
         if self._closed:
             return _failed("the store is closed")
+        if self._first_at is None:
+            self._first_at = self.clock.seconds()
         self._changes[key] = change
         waiter = Deferred()
         self._waiters.append(waiter)
@@ -93,6 +99,7 @@ class SubscriptionJournal:
             return
         changes, waiters = self._changes, self._waiters
         self._changes, self._waiters = {}, []
+        self._first_at = None
         if not changes:
             for waiter in waiters:  # flush() callers with nothing left to write
                 waiter.callback(None)
@@ -127,9 +134,13 @@ class SubscriptionJournal:
         self._next()
 
     def _next(self):
-        if (self._changes or self._waiters) and self._timer is None:
-            # changes that arrived during the write already waited: go now
-            self._flush()
+        if not (self._changes or self._waiters) or self._timer is not None:
+            return
+        waited = (self.clock.seconds() - self._first_at) if self._first_at is not None else 0
+        if self._first_at is None or waited >= self.batch_delay:
+            self._flush()  # flush() callers only, or changes that waited long enough
+        else:
+            self._timer = self.clock.callLater(self.batch_delay - waited, self._flush)
 
     # -- closing ------------------------------------------------------------
 
