@@ -182,14 +182,15 @@ class EVICommands:
         if not self.evi.has_subscribers(name):
             raise MIError(480, "Temporarily Unavailable")
         params = mi_params(call.raw("params")) if call.has("params") else ()
-        try:
-            self.evi.check_params(params)
-        except LimitExceeded as e:
-            raise MIError(413, "Params too large", str(e)) from None
         d = self.evi.raise_event(name, params)
         # The MI answers at once, as OpenSIPS does; the delivery report is
-        # for statistics and the log only.
-        d.addErrback(_raise_failed, name)
+        # for statistics and the log only. Parameters over the limit are
+        # refused before anything is sent, so that failure is already here.
+        too_large = []
+        d.addErrback(lambda f: too_large.append(f) if f.check(LimitExceeded)
+                     else _raise_failed(f, name))
+        if too_large:
+            raise MIError(413, "Params too large", too_large[0].getErrorMessage())
         return "OK"
 
     # -- subscribers_stats ---------------------------------------------------------
