@@ -22,7 +22,7 @@ from evsrv.persistence import StoreError, StoreWriteError, SubscriptionDatabase,
     SubscriptionJournal
 from evsrv.statistics import Statistics
 from evsrv.testing import memory_evi
-from tests.conftest import BASE_INI, ROOT, until
+from tests.conftest import BASE_INI, ROOT
 
 STORE_INI = BASE_INI + """\
 [store]

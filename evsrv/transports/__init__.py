@@ -6,6 +6,9 @@ L{evsrv.plugins} and configured from its C{[transport:NAME]} ini section.
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+from evsrv.interfaces import BadSocket
 from evsrv.statistics import Statistics
 
 
@@ -50,6 +53,24 @@ class TransportCounters:
         self.sent = statistics.counter(group, "notifications_sent")
         self.failed = statistics.counter(group, "notifications_failed")
         self.dropped = statistics.counter(group, "notifications_dropped")
+
+
+def resolve_once(reactor, host: str, make):
+    """
+    The address a destination uses, fixed at subscribe time: C{make(host)}
+    for an IP literal, else C{make(ip)} once C{host} resolved. Sending only to
+    this address is what lets the [policy] check the address really used (a
+    later DNS answer cannot redirect a subscription).
+
+    @return: what C{make} returns, or a Deferred of it; fails with
+        L{BadSocket} when the name does not resolve.
+    """
+    if isIPAddress(host) or isIPv6Address(host):
+        return make(host)
+
+    def unresolved(failure):
+        raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
+    return reactor.resolve(host, timeout=(1, 2)).addCallbacks(make, unresolved)
 
 
 def parse_host_port(text: str):

@@ -32,7 +32,7 @@ from zope.interface import implementer
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters
+from evsrv.transports import TransportCounters, resolve_once
 from evsrv._wire import to_bytes
 
 _TRANSIENT = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
@@ -222,15 +222,7 @@ class UDPTransport(_DatagramSender):
         key = (shown, port)
         if isIPAddress(host):
             return Destination(key, key)
-        if isIPv6Address(host):
-            return Destination(key, (host, port))
-
-        def resolved(ip):
-            return Destination(key, (ip, port))
-
-        def unresolved(failure):
-            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
-        return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+        return resolve_once(self.reactor, host, lambda ip: Destination(key, (ip, port)))
 
     @staticmethod
     def peer_hosts(destination):

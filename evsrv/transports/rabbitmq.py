@@ -67,7 +67,6 @@ from urllib.parse import quote
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -82,7 +81,7 @@ from txamqp.protocol import AMQClient
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters
+from evsrv.transports import TransportCounters, resolve_once
 
 SPEC_FILE = "amqp0-9-1.stripped.extended.xml"
 DEFAULT_PORT = 5672
@@ -995,23 +994,13 @@ class RabbitMQTransport(Service):
         key = target.connection
         if key.tls:
             self._check_tls()
-        host = key.host
-        if isIPAddress(host) or isIPv6Address(host):
-            return self._destination(shown, target, key.pinned(host))
-        resolve = getattr(self.reactor, "resolve", None)
-        if resolve is None:
+        if getattr(self.reactor, "resolve", None) is None:
             # A reactor that cannot resolve (a task.Clock in unit tests): the
             # name stays, and peer_hosts reports it, which no [policy] passes.
             return self._destination(shown, target, key)
-
-        # Resolved once, now, as the other transports do: the policy checks
-        # this address and the connection uses it (ConnectionKey.pinned).
-        def resolved(ip):
-            return self._destination(shown, target, key.pinned(ip))
-
-        def unresolved(failure):
-            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
-        return resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+        # the connection uses the address checked (ConnectionKey.pinned)
+        return resolve_once(self.reactor, key.host,
+                            lambda ip: self._destination(shown, target, key.pinned(ip)))
 
     @staticmethod
     def _destination(shown, target, key):

@@ -54,7 +54,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -63,7 +62,7 @@ from evsrv.evi.notification import Outcome
 from evsrv.evi.params import Param
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters
+from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import split_host_port
 from evsrv.transports.factories import TransportFactory
 
@@ -703,15 +702,8 @@ class StreamTransport(Service):
         shown, host, port = split_host_port(scheme, address)
         key = f"{scheme}:{shown}:{port}" + (f"/{method}" if method else "")
         method = method or None
-        if isIPAddress(host) or isIPv6Address(host):
-            return Destination(key, (host, port, method))
-
-        def resolved(ip):
-            return Destination(key, (ip, port, method))
-
-        def unresolved(failure):
-            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
-        return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+        return resolve_once(self.reactor, host,
+                            lambda ip: Destination(key, (ip, port, method)))
 
     @staticmethod
     def peer_hosts(destination):

@@ -30,7 +30,6 @@ import warnings
 from twisted.application.service import Service
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.abstract import isIPAddress
 from twisted.logger import Logger
 with warnings.catch_warnings():
     # Proxy is built on HTTPClient, deprecated since Twisted 24.7 but still
@@ -41,7 +40,7 @@ from zope.interface import implementer
 
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters
+from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import parse_port
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.stream import STOPPING, DeliveryBatch, Health, count, seconds
@@ -251,15 +250,8 @@ class XMLRPCTransport(Service):
     def parse(self, scheme, rest):
         host, port, path, method = parse_xmlrpc(rest)
         key = f"xmlrpc:{host}:{port}{path or ''}:{method}"
-        if isIPAddress(host):
-            return Destination(key, (host, port, path, method))
-
-        def resolved(ip):
-            return Destination(key, (ip, port, path, method))
-
-        def unresolved(failure):
-            raise BadSocket(f"cannot resolve {host[:80]!r}: {failure.getErrorMessage()}")
-        return self.reactor.resolve(host, timeout=(1, 2)).addCallbacks(resolved, unresolved)
+        return resolve_once(self.reactor, host,
+                            lambda ip: Destination(key, (ip, port, path, method)))
 
     @staticmethod
     def peer_hosts(destination):
