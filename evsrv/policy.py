@@ -17,12 +17,42 @@ destination sends or connects to, empty for a destination that is not on
 the network (a file, a UNIX socket, the routing script, a virtual group
 whose members are checked on their own). A transport without it is not
 checked; the server warns once at start-up for each such transport.
+
+An IPv6 address can carry an IPv4 address, and packets sent to it end up
+at that IPv4 address through a translator or a tunnel: the NAT64 prefixes
+(well-known C{64:ff9b::/96}, local-use C{64:ff9b:1::/48}), IPv4-translated
+C{::ffff:0:0:0/96}, IPv4-compatible C{::/96} (not C{::} and C{::1}), 6to4
+C{2002::/16} and Teredo C{2001::/32} (L{evsrv.netlist.embedded_ipv4} says
+where each keeps it). Such an address is judged as both addresses, the
+IPv6 one and every IPv4 one it carries:
+
+  - it is refused if any of them is in C{deny_destinations}, so no spelling
+    of a denied IPv4 address (C{[64:ff9b::a9fe:a9fe]} for 169.254.169.254)
+    gets through;
+  - it is allowed only if all of them are in C{allow_destinations}. The
+    IPv6 address must be listed because the packets do leave through that
+    translator or tunnel; the IPv4 one because that is where they end up.
+    So C{[64:ff9b::7f00:1]} is judged as 127.0.0.1 too, yet is not allowed
+    by C{allow_destinations = 127.0.0.1}: it is not this host's loopback
+    but whatever the translator reaches at 127.0.0.1, and the operator has
+    not said that the translator may be used. Allowing either address alone
+    would let one list entry vouch for a path it never named.
+
+IPv4-mapped addresses (C{::ffff:0:0/96}) are not IPv6 destinations at all
+(a dual-stack socket sends plain IPv4), so they are simply their IPv4
+address, as in every L{NetworkList}. For the local-use NAT64 prefix the
+IPv4 address is read from the last 32 bits, as for a /96 translation
+prefix: an operator may run a shorter RFC 6052 prefix inside
+C{64:ff9b:1::/48} (the IPv4 address then sits in the middle), which the
+address does not reveal, and neither does a network-specific NAT64 prefix
+of their own; such a translator's prefix belongs in C{deny_destinations}
+(or its allowed part in C{allow_destinations}).
 """
 
 from twisted.logger import Logger
 
 from evsrv.interfaces import DestinationRefused
-from evsrv.netlist import NetworkList, ip_address
+from evsrv.netlist import NetworkList, embedded_ipv4, ip_address
 
 _EVERYTHING = NetworkList.parse("any")
 
@@ -40,9 +70,10 @@ def socket_text(destination, transport) -> str:
 
 class DestinationPolicy:
     """
-    @param allow: L{NetworkList} every destination address must be in.
-    @param deny: L{NetworkList} no destination address may be in; it wins
-        over C{allow}.
+    @param allow: L{NetworkList} every destination address, and every IPv4
+        address it carries, must be in.
+    @param deny: L{NetworkList} no destination address, nor any IPv4
+        address it carries, may be in; it wins over C{allow}.
     @param statistics: where C{policy:destinations_refused} is counted
         (optional).
     """
@@ -89,13 +120,23 @@ class DestinationPolicy:
             # could resolve anywhere later, so it cannot pass.
             return (f"destination {str(host)[:80]!r} is not an IP address (the [policy] "
                     f"checks resolved addresses only)")
-        if ip in self.deny:
-            # the first entry that matches, so the operator sees which one
-            network = next((n for n in self.deny.networks if ip in n), None)
+        # (the first entry that matches is named, so the operator sees which one)
+        network = self.deny.first(ip)
+        if network is not None:
             return f"destination {ip} is refused by [policy] deny_destinations ({network})"
+        embedded = embedded_ipv4(ip)
+        for ipv4, how in embedded:
+            network = self.deny.first(ipv4)
+            if network is not None:
+                return (f"destination {ip} carries {ipv4} ({how}), which is refused by "
+                        f"[policy] deny_destinations ({network})")
         if ip not in self.allow:
             return (f"destination {ip} is refused by [policy] allow_destinations "
                     f"(not in {self.allow})")
+        for ipv4, how in embedded:
+            if ipv4 not in self.allow:
+                return (f"destination {ip} carries {ipv4} ({how}), which is refused by "
+                        f"[policy] allow_destinations (not in {self.allow})")
         return None
 
     @staticmethod

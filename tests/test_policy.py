@@ -75,6 +75,13 @@ def check(p, rest, transport=None):
     ("255.255.255.255", "224.0.0.0/3"), ("ff02::1", "ff00::/8"), ("fe80::1", "fe80::/10"),
     ("fe80::1%eth0", "fe80::/10"), ("::", "::/128"),
     ("::ffff:169.254.169.254", "169.254.0.0/16"),  # IPv4-mapped: matched as the IPv4 address
+    # metadata services outside link-local
+    ("100.100.100.200", "100.100.100.200/32"), ("192.0.0.192", "192.0.0.192/32"),
+    ("168.63.129.16", "168.63.129.16/32"), ("fd00:ec2::254", "fd00:ec2::254/128"),
+    ("fd00:ec2::23", "fd00:ec2::23/128"), ("fd20:ce::254", "fd20:ce::254/128"),
+    ("fd00:c1::a9fe:a9fe", "fd00:c1::a9fe:a9fe/128"),
+    ("fd00:a9fe:a9fe::1", "fd00:a9fe:a9fe::1/128"), ("fd00:42::42", "fd00:42::42/128"),
+    ("::ffff:100.100.100.200", "100.100.100.200/32"),
 ])
 def test_default_deny_list(address, network):
     with pytest.raises(DestinationRefused) as caught:
@@ -84,11 +91,112 @@ def test_default_deny_list(address, network):
                                  f"[policy] deny_destinations ({network})")
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.0.2.1", "::1", "2001:db8::1",
-                                     "223.255.255.255", "1.0.0.0"])
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "192.0.2.1", "::1", "2001:db8::1", "223.255.255.255", "1.0.0.0",
+    # beside the metadata addresses
+    "100.100.100.201", "192.0.0.193", "fd00:ec2::253", "fd20:ce::253", "fd00:42::43",
+    # spellings of allowed IPv4 addresses
+    "64:ff9b::a14:5", "64:ff9b:1::a14:5", "::ffff:0:a14:5", "::a14:5", "2002:a14:5::1",
+    "2001:0:4136:e378:8000:63bf:f5eb:fffa",  # Teredo, client 10.20.0.5
+])
 def test_default_allows_the_rest(address):
     destination = check(policy(), address)
     assert destination.address == (address,)
+
+
+def test_the_default_deny_list_has_the_metadata_addresses():
+    for address in ("169.254.169.254", "100.100.100.200", "192.0.0.192", "168.63.129.16",
+                    "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254", "fd00:c1::a9fe:a9fe",
+                    "fd00:a9fe:a9fe::1", "fd00:42::42"):
+        assert address in DEFAULT_DENY, address
+    assert DEFAULT_DENY == NetworkList.parse(
+        "0.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, ::/128, fe80::/10, ff00::/8, 100.100.100.200, "
+        "192.0.0.192, 168.63.129.16, fd00:ec2::254, fd00:ec2::23, fd20:ce::254, "
+        "fd00:c1::a9fe:a9fe, fd00:a9fe:a9fe::1, fd00:42::42")
+
+
+# (address as written, as shown, the IPv4 address it carries, how, the deny entry)
+EMBEDDED_SPELLINGS = [
+    ("::169.254.169.254", "::a9fe:a9fe", "169.254.169.254", "IPv4-compatible ::/96",
+     "169.254.0.0/16"),
+    ("::a9fe:a9fe", "::a9fe:a9fe", "169.254.169.254", "IPv4-compatible ::/96", "169.254.0.0/16"),
+    ("::2", "::2", "0.0.0.2", "IPv4-compatible ::/96", "0.0.0.0/8"),
+    ("::ffff:0:a9fe:a9fe", "::ffff:0:a9fe:a9fe", "169.254.169.254",
+     "IPv4-translated ::ffff:0:0:0/96", "169.254.0.0/16"),
+    ("64:ff9b::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "169.254.169.254", "NAT64 64:ff9b::/96",
+     "169.254.0.0/16"),
+    ("64:ff9b::169.254.169.254", "64:ff9b::a9fe:a9fe", "169.254.169.254", "NAT64 64:ff9b::/96",
+     "169.254.0.0/16"),
+    ("64:ff9b::6464:64c8", "64:ff9b::6464:64c8", "100.100.100.200", "NAT64 64:ff9b::/96",
+     "100.100.100.200/32"),
+    ("64:ff9b::", "64:ff9b::", "0.0.0.0", "NAT64 64:ff9b::/96", "0.0.0.0/8"),
+    ("64:ff9b:1::a9fe:a9fe", "64:ff9b:1::a9fe:a9fe", "169.254.169.254",
+     "NAT64 local-use 64:ff9b:1::/48, last 32 bits", "169.254.0.0/16"),
+    ("64:ff9b:1:abcd::c000:c0", "64:ff9b:1:abcd::c000:c0", "192.0.0.192",
+     "NAT64 local-use 64:ff9b:1::/48, last 32 bits", "192.0.0.192/32"),
+    ("2002:a9fe:a9fe::1", "2002:a9fe:a9fe::1", "169.254.169.254", "6to4 2002::/16",
+     "169.254.0.0/16"),
+    ("2002:e000:1::", "2002:e000:1::", "224.0.0.1", "6to4 2002::/16", "224.0.0.0/3"),
+    ("2001:0:4136:e378:8000:63bf:5601:5601", "2001:0:4136:e378:8000:63bf:5601:5601",
+     "169.254.169.254", "Teredo client 2001::/32", "169.254.0.0/16"),
+    ("2001:0:a9fe:a9fe:8000:63bf:f5eb:fffa", "2001:0:a9fe:a9fe:8000:63bf:f5eb:fffa",
+     "169.254.169.254", "Teredo server 2001::/32", "169.254.0.0/16"),
+]
+
+
+@pytest.mark.parametrize("address, shown, ipv4, how, network", EMBEDDED_SPELLINGS)
+def test_embedded_ipv4_spellings_of_denied_addresses(address, shown, ipv4, how, network):
+    with pytest.raises(DestinationRefused) as caught:
+        check(policy(), address)
+    assert str(caught.value) == (f"net:{address}: destination {shown} carries {ipv4} ({how}), "
+                                 f"which is refused by [policy] deny_destinations ({network})")
+
+
+def test_an_ipv6_deny_entry_still_matches_the_ipv6_address():
+    # the IPv6 address is judged first, so its own entry is the one named
+    p = policy(deny="64:ff9b::/96, 10.0.0.0/8")
+    with pytest.raises(DestinationRefused) as caught:
+        check(p, "64:ff9b::a00:1")
+    assert str(caught.value).endswith(
+        "destination 64:ff9b::a00:1 is refused by [policy] deny_destinations (64:ff9b::/96)")
+    assert check(p, "2002:c000:201::1").address == ("2002:c000:201::1",)
+
+
+def test_a_denied_embedded_address_wins_over_allow():
+    p = policy(allow="64:ff9b::/96, 2002::/16, 10.0.0.0/8", deny="10.0.0.7/32")
+    assert check(p, "64:ff9b::a00:1").address == ("64:ff9b::a00:1",)
+    for address in ("64:ff9b::a00:7", "2002:a00:7::1"):
+        with pytest.raises(DestinationRefused, match=r"carries 10\.0\.0\.7 .* deny_destinations "
+                                                     r"\(10\.0\.0\.7/32\)"):
+            check(p, address)
+
+
+def test_allow_judges_the_ipv6_address_and_the_ipv4_address_it_carries():
+    # 64:ff9b::7f00:1 is 127.0.0.1 as seen by a NAT64 translator, not this
+    # host's loopback: allowing 127.0.0.1 does not allow the translator ...
+    with pytest.raises(DestinationRefused) as caught:
+        check(policy(allow="127.0.0.1/32"), "64:ff9b::7f00:1")
+    assert str(caught.value) == ("net:64:ff9b::7f00:1: destination 64:ff9b::7f00:1 is refused by "
+                                 "[policy] allow_destinations (not in 127.0.0.1/32)")
+    # ... and allowing the translator does not allow every IPv4 address behind it
+    with pytest.raises(DestinationRefused) as caught:
+        check(policy(allow="64:ff9b::/96, 10.0.0.0/8"), "64:ff9b::7f00:1")
+    assert str(caught.value) == (
+        "net:64:ff9b::7f00:1: destination 64:ff9b::7f00:1 carries 127.0.0.1 (NAT64 64:ff9b::/96), "
+        "which is refused by [policy] allow_destinations (not in 64:ff9b::/96, 10.0.0.0/8)")
+    # both named: allowed
+    both = policy(allow="64:ff9b::/96, 127.0.0.1/32")
+    assert check(both, "64:ff9b::7f00:1").address == ("64:ff9b::7f00:1",)
+    # an IPv4-mapped address is only its IPv4 address
+    assert check(policy(allow="127.0.0.1/32"), "::ffff:7f00:1").address == ("::ffff:7f00:1",)
+
+
+def test_allow_judges_every_ipv4_address_a_teredo_address_carries():
+    teredo = "2001:0:4136:e378:8000:63bf:f5eb:fffa"  # server 65.54.227.120, client 10.20.0.5
+    with pytest.raises(DestinationRefused, match=r"carries 65\.54\.227\.120 \(Teredo server"):
+        check(policy(allow="2001::/32, 10.20.0.0/16"), teredo)
+    assert check(policy(allow="2001::/32, 10.20.0.0/16, 65.54.227.120"), teredo).address == \
+        (teredo,)
 
 
 def test_deny_wins_over_allow_and_any_address_refuses():
@@ -139,18 +247,18 @@ def test_refusals_are_counted():
     statistics = Statistics()
     p = policy(statistics=statistics)
     assert statistics.get(["policy:"]) == {"policy:destinations_refused": 0}
-    for address in ("169.254.169.254", "0.0.0.0", "10.0.0.1"):
-        try:
+    for address in ("169.254.169.254", "0.0.0.0", "64:ff9b::a9fe:a9fe"):
+        with pytest.raises(DestinationRefused):
             check(p, address)
-        except DestinationRefused:
-            pass
-    assert statistics.get(["policy:"]) == {"policy:destinations_refused": 2}
+    assert check(p, "10.0.0.1").address == ("10.0.0.1",)
+    assert statistics.get(["policy:"]) == {"policy:destinations_refused": 3}
 
 
 def test_open_policy_checks_nothing():
     p = policy(deny="")
     assert p.open
-    check(p, "169.254.169.254")
+    for address in ("169.254.169.254", "64:ff9b::a9fe:a9fe"):
+        assert check(p, address).address == (address,)
     assert p.warn_unchecked([RecordingTransport()]) == []
 
 
@@ -370,6 +478,59 @@ def test_exact_errors_json_rpc_and_text_mi(server_factory, mi_client):
     assert reply["error"] == {"code": 404, "message": "Subscriber does not exist"}
 
 
+def with_e_x(text):
+    # the issue's own command subscribes E_X: published here beside E_TEST
+    assert "publish = E_TEST, E_OTHER\n" in text
+    return text.replace("publish = E_TEST, E_OTHER\n", "publish = E_TEST, E_OTHER, E_X\n")
+
+
+NAT64_METADATA = ("udp:[64:ff9b::a9fe:a9fe]:5000: destination 64:ff9b::a9fe:a9fe carries "
+                  "169.254.169.254 (NAT64 64:ff9b::/96), which is refused by [policy] "
+                  "deny_destinations (169.254.0.0/16)")
+
+
+@pytest_twisted.inlineCallbacks
+def test_embedded_ipv4_spellings_refused_end_to_end(server_factory, mi_client):
+    server = server_factory(with_e_x(ini()))
+    # the command as an operator types it (no expiry)
+    reply = yield mi_client(server, "event_subscribe", ["E_X", "udp:[64:ff9b::a9fe:a9fe]:5000"])
+    assert reply == {"jsonrpc": "2.0", "id": 1, "error": {
+        "code": 403, "message": "Destination not allowed", "data": NAT64_METADATA}}
+    raw = yield mi_client.text(server, b":event_subscribe:\nE_X\nudp:[64:ff9b::a9fe:a9fe]:5000\n")
+    assert raw == b"403 Forbidden\n"
+    sockets = [f"udp:[{address}]:5000" for address, *_ in EMBEDDED_SPELLINGS] + [
+        "tcp:[2002:a9fe:a9fe::1]:80", "rabbitmq:[::ffff:0:a9fe:a9fe]:5672/q",
+        "virtual:PARALLEL udp:127.0.0.1:9 udp:[64:ff9b:1::a9fe:a9fe]:9",
+        "udp:[fd00:ec2::254]:80", "udp:100.100.100.200:80", "udp:[64:ff9b::c000:c0]:80"]
+    for socket_text in sockets:
+        reply = yield mi_client(server, "event_subscribe", ["E_X", socket_text, 60])
+        error = reply.get("error", {})
+        assert (error.get("code"), error.get("message")) == (403, "Destination not allowed"), \
+            (socket_text, reply)
+        assert " is refused by [policy] deny_destinations (" in error["data"], reply
+    assert server.evi.store.size == 0
+    assert server.transports["rabbitmq"].connections == {}
+    assert not server.transports["tcp"]._peers
+    stats = yield mi_client(server, "get_statistics", [["policy:destinations_refused"]])
+    assert stats["result"] == {"policy:destinations_refused": len(sockets) + 2}
+
+
+@pytest_twisted.inlineCallbacks
+def test_allow_list_and_an_embedded_address_end_to_end(server_factory, mi_client):
+    server = server_factory(with_e_x(ini("allow_destinations = 127.0.0.1/32, 64:ff9b::/96")))
+    reply = yield mi_client(server, "event_subscribe", ["E_X", "udp:[64:ff9b::a00:1]:9", 60])
+    assert reply["error"] == {
+        "code": 403, "message": "Destination not allowed",
+        "data": "udp:[64:ff9b::a00:1]:9: destination 64:ff9b::a00:1 carries 10.0.0.1 (NAT64 "
+                "64:ff9b::/96), which is refused by [policy] allow_destinations (not in "
+                "127.0.0.1/32, 64:ff9b::/96)"}
+    reply = yield mi_client(server, "event_subscribe", ["E_X", "udp:[2002:7f00:1::1]:9", 60])
+    assert reply["error"]["data"] == (
+        "udp:[2002:7f00:1::1]:9: destination 2002:7f00:1::1 is refused by [policy] "
+        "allow_destinations (not in 127.0.0.1/32, 64:ff9b::/96)")
+    assert server.evi.store.size == 0
+
+
 @pytest_twisted.inlineCallbacks
 def test_denied_network_refused_while_the_rest_receives(server_factory, mi_client,
                                                         udp_collector):
@@ -508,7 +669,7 @@ def test_rabbitmq_name_resolved_and_pinned_end_to_end(server_factory, mi_client)
 
 
 def test_official_client_and_evsrv_ctl_see_the_refusal(server_process, capsys):
-    proc = server_process(ini())
+    proc = server_process(with_e_x(ini()))
     host, port = proc.udp
     opensips_mi = Path(sys.executable).parent / "opensips-mi"
     if opensips_mi.exists():
@@ -528,3 +689,7 @@ def test_official_client_and_evsrv_ctl_see_the_refusal(server_process, capsys):
     assert err == ("error 403: Destination not allowed (udp:[ff02::1]:9: destination ff02::1 "
                    "is refused by [policy] deny_destinations (ff00::/8))\n")
     assert "refused: udp:[ff02::1]:9: destination ff02::1" in proc.log()
+    status = ctl.main(["-a", f"{host}:{port}", "event_subscribe", "E_X",
+                       "udp:[64:ff9b::a9fe:a9fe]:5000"])
+    out, err = capsys.readouterr()
+    assert (status, out, err) == (1, "", f"error 403: Destination not allowed ({NAT64_METADATA})\n")
