@@ -18,10 +18,13 @@ from twisted.python.failure import Failure
 
 from evsrv import encoding
 from evsrv.evi import EventInterface
+from evsrv.evi.notification import Notification, Outcome
 from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
 from evsrv.statistics import Statistics
+from evsrv.config import ConfigError
 from evsrv.transports.stream import ReplyParser, StreamTransport, tcpTransport
+from tests.conftest import BASE_INI, make_config
 from tests.test_evi import result_of
 
 BODY_27 = b'{"jsonrpc":"2.0","method":"E_TEST","params":{"ip":"1.2.3.4","n":5}}'
@@ -224,6 +227,104 @@ def test_waiting_too_long_counts_as_failed():
     # nothing left to send: the retry finds an empty queue and goes idle
     refuse(clock) if len(clock.tcpClients) > 1 else None
     assert all(not c.active() or c.func.__name__ == "_connect" for c in clock.getDelayedCalls())
+
+
+# -- unit: fail_fast (what a virtual FAILOVER/ROUND-ROBIN member asks for) --------------
+
+def fail_fast(transport, clock, sub, *values):
+    """
+    Deliver one notification to C{sub} as a virtual member with a next
+    member to go to does.
+    """
+    notification = Notification("E_TEST", make_params(list(values)), clock.seconds())
+    return transport.deliver(notification, [sub], fail_fast=True)
+
+
+def pending_timers(clock):
+    return sorted(c.func.__name__ for c in clock.getDelayedCalls() if c.active())
+
+
+def test_fail_fast_first_raise_fails_when_its_connect_is_refused():
+    evi, clock, transport = make_evi(queue_timeout=60.0)
+    sub = result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    d = fail_fast(transport, clock, sub, "0")
+    assert not d.called  # not attempted yet: it waits for the connect's outcome
+    refuse(clock)
+    report = result_of(d)
+    assert (report.delivered, report.failed) == (0, 1)
+    reason = report.errors[0][1]
+    assert reason.startswith("cannot connect: ") and "refused" in reason
+    assert (sub.failed, sub.last_error) == (1, reason)
+    assert counters(evi) == (0, 1, 0)
+    # nothing queued: no reconnect and no expiry timer are left behind
+    assert pending_timers(clock) == [] and evi.statistics.value("evi_tcp:queued") == 0
+    # the next one tries again (a destination that came back is found)
+    d = fail_fast(transport, clock, sub, "1")
+    assert len(clock.tcpClients) == 2 and not d.called
+    _, wire = connect(clock)
+    assert result_of(d).delivered == 1
+    assert objects(wire.value())[0]["params"] == ["1"]
+
+
+def test_fail_fast_while_backing_off_fails_at_once_and_plain_waits():
+    evi, clock, transport = make_evi(queue_timeout=5.0, reconnect_delay=1.0)
+    sub = result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    plain = evi.raise_event("E_TEST", ["plain"])
+    refuse(clock)
+    assert not plain.called  # a plain subscriber: queued, retried with backoff
+    # known down, the next connect a second away: no waiting for it
+    report = fail_fast(transport, clock, sub, "fast")
+    assert isinstance(report, Outcome) and report.failed == 1
+    assert "refused" in report.errors[0][1] and "next in 1 s" in report.errors[0][1]
+    assert len(clock.tcpClients) == 1  # and no extra connect for it
+    # while a reconnect is under way, its outcome is awaited
+    clock.advance(1.0)
+    assert len(clock.tcpClients) == 2
+    d = fail_fast(transport, clock, sub, "fast2")
+    assert not d.called
+    refuse(clock)
+    assert result_of(d).failed == 1
+    assert not plain.called
+    # the plain one fails only after queue_timeout, as before
+    clock.advance(3.9)
+    assert not plain.called
+    clock.advance(0.2)
+    plain_report = result_of(plain)
+    assert plain_report.failed == 1
+    assert plain_report.errors[0][1].startswith("not sent within 5.0 s")
+    assert counters(evi) == (0, 3, 0)
+    transport.stopService()
+    clock.advance(0)
+
+
+def test_fail_fast_after_a_lost_connection_waits_for_the_reconnect():
+    # lost (not refused) is not "known down": it waits for the reconnect,
+    # whose refusal then fails it, and the unanswered one sent before
+    evi, clock, transport = make_evi(reliable=True, queue_timeout=60.0, reconnect_delay=0.5)
+    sub = result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    first = fail_fast(transport, clock, sub, "1")
+    protocol, wire = connect(clock)
+    assert objects(wire.value())[0]["params"] == ["1"] and not first.called
+    protocol.connectionLost(Failure(ConnectionDone()))
+    second = fail_fast(transport, clock, sub, "2")
+    assert not first.called and not second.called
+    clock.advance(0.5)
+    refuse(clock)
+    for d in (first, second):
+        report = result_of(d)
+        assert report.failed == 1 and report.errors[0][1].startswith("cannot connect: ")
+    assert pending_timers(clock) == []
+
+
+def test_fail_fast_to_a_working_destination_is_delivered():
+    evi, clock, transport = make_evi()
+    sub = result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    d = fail_fast(transport, clock, sub, "a")
+    _, wire = connect(clock)
+    assert result_of(d).delivered == 1
+    report = fail_fast(transport, clock, sub, "b")  # connected: settled at once
+    assert isinstance(report, Outcome) and report.delivered == 1
+    assert [o["params"] for o in objects(wire.value())] == [["a"], ["b"]]
 
 
 def test_peer_that_stops_reading_pauses_the_sender():
@@ -573,3 +674,33 @@ def test_quiet_connection_is_closed_for_real(server_factory, tcp_receivers):
     yield rx.until(lambda: len(rx.received()) == 2)
     assert [o["params"] for o in rx.received()] == [["one"], ["two"]]
     assert len(rx.connections) == 2
+
+
+# -- idle_timeout = 0: never --------------------------------------------------------------
+
+def test_idle_timeout_zero_parses_and_bad_values_are_refused(tmp_path):
+    config = make_config(BASE_INI + "[transport:tcp]\nidle_timeout = 0\n", tmp_path)
+    assert config.transports["tcp"]["idle_timeout"] == 0
+    for bad in ("-1", "86401", "soon"):
+        with pytest.raises(ConfigError) as e:
+            make_config(BASE_INI + f"[transport:tcp]\nidle_timeout = {bad}\n", tmp_path)
+        assert "idle_timeout" in str(e.value)
+
+
+def test_idle_timeout_zero_never_closes_a_quiet_connection():
+    evi, clock, transport = make_evi(idle_timeout=0.0)
+    transport.startService()
+    assert not transport._idle_sweep.running  # no sweep to run at all
+    result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    d = evi.raise_event("E_TEST")
+    _, wire = connect(clock)
+    assert result_of(d).delivered == 1
+    for _ in range(10):
+        clock.advance(86400)
+    assert not wire.disconnecting and len(transport._peers) == 1
+    peer, = transport._peers.values()
+    assert not peer.idle(clock.seconds())  # even if asked directly
+    d = evi.raise_event("E_TEST")  # the same connection, days later
+    assert result_of(d).delivered == 1 and len(clock.tcpClients) == 1
+    transport.stopService()
+    clock.advance(0)

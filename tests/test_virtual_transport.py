@@ -11,12 +11,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionRefusedError as Refused
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
 from evsrv.statistics import Statistics
 from evsrv.testing import RecordingTransport
+from evsrv.transports.stream import StreamTransport, tcpTransport
 from evsrv.transports.virtual import VirtualKey, VirtualTransport
 from tests.conftest import BASE_INI, DatagramCollector
 from tests.test_evi import result_of
@@ -222,6 +226,95 @@ def test_member_transport_bug_is_a_member_failure(fx, logged_errors):
     report = result_of(fx.raise_(1))
     assert report.delivered == 1 and fx.received(fx.b) == [("1", "b:2")]
     assert len(logged_errors.flush(RuntimeError)) == 1
+
+
+# -- a tcp member (the real stream transport on a fake reactor) -------------------
+
+class StreamFixture(Fixture):
+    """
+    L{Fixture} with a C{tcp} member transport on a L{MemoryReactorClock}
+    (connects are completed or refused by the test) and a queue_timeout
+    long enough that only fail_fast can explain a prompt failover.
+    """
+
+    def __init__(self, failover_timeout=30.0):
+        super().__init__(failover_timeout)
+        self.clock = MemoryReactorClock()
+        self.virtual.clock = self.clock
+        self.evi.clock = self.clock
+        values = {k: c(d) for k, (d, c, _) in tcpTransport.options.items()}
+        values.update(queue_timeout=60.0, reconnect_delay=1.0)
+        self.tcp = StreamTransport("tcp", "tcp", "json", values, self.statistics, self.clock)
+        self.evi.transports["tcp"] = self.tcp
+
+    def refuse(self):
+        _, _, factory, _, _ = self.clock.tcpClients[-1]
+        factory.clientConnectionFailed(self.clock.connectors[-1], Failure(Refused()))
+
+
+@pytest.fixture
+def sfx():
+    fixture = StreamFixture()
+    yield fixture
+    fixture.tcp.stopService()
+    fixture.clock.advance(0)
+
+
+@pytest.mark.parametrize("policy", ["FAILOVER", "ROUND-ROBIN"])
+def test_refused_tcp_member_fails_over_on_the_refusal(sfx, policy):
+    sub = sfx.subscribe(f"virtual:{policy} tcp:127.0.0.1:7000 b:2")
+    d = sfx.raise_(1)
+    assert not d.called and sfx.received(sfx.b) == []  # the connect's outcome first
+    sfx.refuse()
+    report = result_of(d)
+    assert (report.delivered, report.failed) == (1, 0)
+    assert sfx.received(sfx.b) == [("1", "b:2")]
+    assert "refused" in sub.address.members[0].subscription.last_error
+    assert sfx.stat("evi_virtual:failovers") == 1 and sfx.stat("evi_tcp:queued") == 0
+
+
+def test_tcp_member_in_backoff_fails_over_at_once():
+    sfx = StreamFixture(failover_timeout=0)  # never skipped: tried at every raise
+    try:
+        # a plain subscriber (of another event) keeps the destination backing off
+        sfx.evi.publish("E_OTHER")
+        result_of(sfx.evi.subscribe("E_OTHER", "tcp:127.0.0.1:7000"))
+        plain = sfx.evi.raise_event("E_OTHER")
+        sfx.refuse()
+        sfx.subscribe("virtual:FAILOVER tcp:127.0.0.1:7000 b:2")
+        for n in range(3):
+            report = result_of(sfx.raise_(n))  # settled at once: nothing waits
+            assert report.delivered == 1
+        assert sfx.received(sfx.b) == [("0", "b:2"), ("1", "b:2"), ("2", "b:2")]
+        # no extra connect for them, and the plain one still waits its turn
+        assert len(sfx.clock.tcpClients) == 1 and not plain.called
+    finally:
+        sfx.tcp.stopService()
+        sfx.clock.advance(0)
+
+
+def test_last_member_to_try_is_not_asked_to_fail_fast(sfx):
+    # nowhere else to go: it waits for the reconnect like a plain subscriber
+    sfx.b.fail.add("b:2")
+    sfx.subscribe("virtual:FAILOVER b:2 tcp:127.0.0.1:7000")
+    d = sfx.raise_(1)
+    sfx.refuse()
+    assert not d.called
+    sfx.clock.advance(1.0)  # reconnect_delay
+    host, port, factory, _, _ = sfx.clock.tcpClients[-1]
+    factory.buildProtocol(None).makeConnection(StringTransport())
+    report = result_of(d)
+    assert (report.delivered, report.failed) == (1, 0)
+
+
+def test_parallel_tcp_member_waits_like_a_plain_subscriber(sfx):
+    sfx.subscribe("virtual:PARALLEL tcp:127.0.0.1:7000 b:2")
+    d = sfx.raise_(1)
+    sfx.refuse()
+    assert not d.called and sfx.received(sfx.b) == [("1", "b:2")]
+    sfx.clock.advance(60)
+    report = result_of(d)
+    assert report.failed == 1 and "not sent within 60.0 s" in report.errors[0][1]
 
 
 # -- ROUND-ROBIN ----------------------------------------------------------------------
@@ -609,14 +702,13 @@ def wait_for(predicate, what, seconds=5.0):
 @pytest_twisted.inlineCallbacks
 def test_e2e_tcp_failover_when_first_member_refuses_then_recovers(
         server_factory, udp_collector, tcp_peers):
-    pytest.importorskip("evsrv.transports.stream")
     server = server_factory(TCP_INI % 0.5)
     mi = MI(server, udp_collector())
     backup = udp_collector()
     port = free_tcp_port()
     sock = f"virtual:FAILOVER tcp:127.0.0.1:{port} {udp_socket(backup)}"
     assert (yield mi("event_subscribe", "E_TEST", sock, 60)) == "OK"
-    # refused: the tcp member fails when its queue_timeout runs out, then UDP
+    # refused: the tcp member fails on the refusal (fail_fast), then UDP
     report = yield server.evi.raise_event("E_TEST", {"n": 0})
     assert (report.delivered, report.failed) == (1, 0)
     data, _ = yield backup.next()
@@ -648,7 +740,6 @@ def test_e2e_tcp_failover_when_first_member_refuses_then_recovers(
 @pytest_twisted.inlineCallbacks
 def test_e2e_tcp_failover_when_first_member_times_out(server_factory, udp_collector,
                                                       tcp_peers):
-    pytest.importorskip("evsrv.transports.stream")
     server = server_factory(TCP_INI % 30)
     mi = MI(server, udp_collector())
     hanging = tcp_peers(reply=False)
@@ -679,7 +770,6 @@ def test_e2e_tcp_failover_when_first_member_times_out(server_factory, udp_collec
 
 @pytest_twisted.inlineCallbacks
 def test_e2e_tcp_round_robin_and_parallel(server_factory, udp_collector, tcp_peers):
-    pytest.importorskip("evsrv.transports.stream")
     server = server_factory(TCP_INI % 30)
     mi = MI(server, udp_collector())
     p1, p2 = tcp_peers(), tcp_peers()
@@ -699,3 +789,75 @@ def test_e2e_tcp_round_robin_and_parallel(server_factory, udp_collector, tcp_pee
     assert p1.received[-1]["params"] == {"n": 9}
     data, _ = yield r.next()
     assert data == payload(9)
+
+
+REFUSED_INI = BASE_INI + """\
+[transport:virtual]
+failover_timeout = %s
+[transport:tcp]
+queue_timeout = 60
+reconnect_delay = 30
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_e2e_failover_from_a_refused_tcp_member_is_immediate(server_factory, udp_collector):
+    # A queue_timeout of 60 s: the event reaching the UDP member within the
+    # few seconds of next()'s deadline proves the tcp member failed on the
+    # refusal itself, not when its queue entry expired.
+    server = server_factory(REFUSED_INI % 30)
+    backup = udp_collector()
+    port = free_tcp_port()
+    sock = f"virtual:FAILOVER tcp:127.0.0.1:{port} {udp_socket(backup)}"
+    sub = yield server.evi.subscribe("E_TEST", sock)
+    d = server.evi.raise_event("E_TEST", {"n": 0})
+    data, _ = yield backup.next(timeout=5.0)
+    assert data == payload(0)
+    report = yield d
+    assert (report.delivered, report.failed) == (1, 0)
+    tcp_member = sub.address.members[0].subscription
+    assert tcp_member.failed == 1 and "refused" in tcp_member.last_error.lower()
+    assert server.statistics.value("evi_virtual:failovers") == 1
+    assert server.statistics.value("evi_tcp:queued") == 0  # nothing left waiting
+
+
+@pytest_twisted.inlineCallbacks
+def test_e2e_refused_member_in_backoff_fails_at_once_plain_subscriber_waits(
+        server_factory, udp_collector):
+    # failover_timeout 0: the tcp member is tried at every raise. A plain
+    # subscriber of the same closed port keeps the destination in backoff
+    # (its notifications wait, queue_timeout 60 s, reconnect in 30 s).
+    server = server_factory(REFUSED_INI % 0)
+    backup = udp_collector()
+    port = free_tcp_port()
+    plain = yield server.evi.subscribe("E_OTHER", f"tcp:127.0.0.1:{port}")
+    waiting = server.evi.raise_event("E_OTHER")
+    sock = f"virtual:FAILOVER tcp:127.0.0.1:{port} {udp_socket(backup)}"
+    sub = yield server.evi.subscribe("E_TEST", sock)
+    for n in range(3):
+        report = yield server.evi.raise_event("E_TEST", {"n": n})
+        assert report.delivered == 1
+        data, _ = yield backup.next(timeout=5.0)
+        assert data == payload(n)
+    assert sub.address.members[0].subscription.failed == 3
+    # the plain subscriber: still queued, retried with backoff, not failed
+    assert not waiting.called
+    assert (plain.sent, plain.failed) == (0, 0)
+    assert server.statistics.value("evi_tcp:queued") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_e2e_failover_from_a_refused_xmlrpc_member_is_immediate(server_factory, udp_collector):
+    # each XML-RPC call opens its own connection, whose refusal fails the
+    # call at once: no fail_fast needed (xmlrpc timeout 60 s to prove it)
+    server = server_factory(VIRTUAL_INI % 30 + "[transport:xmlrpc]\ntimeout = 60\n")
+    backup = udp_collector()
+    port = free_tcp_port()
+    sock = f"virtual:FAILOVER xmlrpc:127.0.0.1:{port}:notify {udp_socket(backup)}"
+    sub = yield server.evi.subscribe("E_TEST", sock)
+    d = server.evi.raise_event("E_TEST", {"n": 0})
+    data, _ = yield backup.next(timeout=5.0)
+    assert data == payload(0)
+    report = yield d
+    assert (report.delivered, report.failed) == (1, 0)
+    assert "refused" in sub.address.members[0].subscription.last_error

@@ -13,7 +13,12 @@ notification and kept open. What happens when the peer misbehaves:
  - down (refused, unreachable, connect timeout): notifications wait in a
    bounded per-destination queue (the oldest is dropped and counted when it
    is full) while reconnects back off exponentially; one that waits longer
-   than C{queue_timeout} counts as failed;
+   than C{queue_timeout} counts as failed. Except those delivered with
+   C{fail_fast} (a C{virtual:} FAILOVER or ROUND-ROBIN member that has
+   another member to go to): they fail as soon as a connect attempt fails,
+   and at once while the destination is known down (backing off after a
+   failed connect), so that the caller moves on instead of waiting
+   C{queue_timeout} for a peer that refused;
  - slow (stops reading): Twisted's write buffer pauses us (we are its
    streaming producer) once it holds 64 KiB, and notifications wait in the
    same bounded queue; nothing piles up without bound and the reactor never
@@ -26,7 +31,8 @@ notification and kept open. What happens when the peer misbehaves:
  - goes quiet (nothing sent to it for C{idle_timeout} seconds, e.g. its
    subscriptions expired or were removed): the connection is closed and the
    destination forgotten, so addresses that come and go cannot pile up open
-   file descriptors or table entries.
+   file descriptors or table entries (C{idle_timeout = 0}: never closed,
+   OpenSIPS' way).
 
 Reliable mode (C{reliable = yes} in the ini section): each body carries a
 numeric C{"id"} first and counts as delivered only when the peer's JSON-RPC
@@ -165,6 +171,18 @@ def seconds(text: str) -> float:
     return value
 
 
+def seconds_or_never(text: str) -> float:
+    """
+    Like L{seconds}, and C{0} for "never" (the timer is off).
+    """
+    value = float(text)
+    if value == 0:
+        return 0.0
+    if not 0 < value <= 86400:
+        raise ValueError("must be 0 (never) or a number of seconds above 0 (at most 86400)")
+    return value
+
+
 def count(low: int, high: int):
     def coerce(text: str) -> int:
         value = int(text)
@@ -258,16 +276,20 @@ def _complete_value_end(text, pos):
 class _Entry:
     """
     One notification for one subscription, queued or on the wire.
-    """
-    __slots__ = ("payload", "sub", "batch", "id", "queued_at", "sends")
 
-    def __init__(self, payload, sub, batch, notification_id, now):
+    @ivar fail_fast: the caller has somewhere else to send it (a virtual
+        member): fail it when the destination is down instead of waiting.
+    """
+    __slots__ = ("payload", "sub", "batch", "id", "queued_at", "sends", "fail_fast")
+
+    def __init__(self, payload, sub, batch, notification_id, now, fail_fast=False):
         self.payload = payload
         self.sub = sub
         self.batch = batch
         self.id = notification_id
         self.queued_at = now
         self.sends = 0
+        self.fail_fast = fail_fast
 
     def delivered(self):
         batch, self.batch = self.batch, None
@@ -361,6 +383,7 @@ class _Peer:
         self.queue = collections.deque()
         self.unanswered = {}  # id -> entry, in send order
         self.failures = 0     # consecutive connect failures (backoff exponent)
+        self.connect_error = None  # why the last connect failed (fail_fast entries)
         self.health = Health(transport._log, label, transport.name)
         self._retry = self._expiry = self._reply_timer = None
         self._closed = None   # Deferred fired when the connection is gone (stop)
@@ -375,6 +398,13 @@ class _Peer:
         self.last_used = entry.queued_at
         if not self.queue and self._can_write():
             self._write(entry)
+            return
+        if entry.fail_fast and self.state == "waiting" and self.failures:
+            # Known down (its last connect failed, the next one is a backoff
+            # away): waiting would only delay the caller's next member.
+            # Nothing is queued, so the backoff and the plain subscribers'
+            # queue are left as they are.
+            entry.failed(self._down_reason())
             return
         self.queue.append(entry)
         if len(self.queue) > t.queue_size:
@@ -434,8 +464,26 @@ class _Peer:
             self.state = "idle"
             return
         self.failures += 1
-        self.health.failure("connect", f"cannot connect: {reason.getErrorMessage()}")
+        self.connect_error = f"cannot connect: {reason.getErrorMessage()}"
+        self.health.failure("connect", self.connect_error)
+        if any(entry.fail_fast for entry in self.queue):
+            # Their callers have another member to try: this attempt's
+            # outcome is their answer (the others wait for the reconnects).
+            kept = collections.deque()
+            failing = []
+            for entry in self.queue:
+                (failing if entry.fail_fast else kept).append(entry)
+            self.queue = kept
+            for entry in failing:
+                entry.failed(self.connect_error)
         self._after_disconnect()
+
+    def _down_reason(self):
+        reason = self.connect_error or "cannot connect"
+        if self._retry is not None and self._retry.active():
+            wait = max(0.0, self._retry.getTime() - self.transport.reactor.seconds())
+            return f"{reason} ({self.failures} failed connect(s), next in {wait:.3g} s)"
+        return reason
 
     def connection_lost(self, protocol, reason):
         if protocol is not self.protocol:
@@ -469,6 +517,7 @@ class _Peer:
     def _after_disconnect(self):
         if not self.queue:
             self.state = "idle"  # the next notification reconnects
+            self._cancel("_expiry")  # nothing left to age (e.g. all failed fast)
             self.transport._forget(self)
             return
         t = self.transport
@@ -604,10 +653,12 @@ class _Peer:
 
     def idle(self, now) -> bool:
         """
-        Nothing queued or unanswered, and nothing sent for C{idle_timeout}.
+        Nothing queued or unanswered, and nothing sent for C{idle_timeout}
+        (never, when it is 0).
         """
-        return (not self.queue and not self.unanswered and not self.closing
-                and now - self.last_used >= self.transport.idle_timeout)
+        idle_timeout = self.transport.idle_timeout
+        return (bool(idle_timeout) and not self.queue and not self.unanswered
+                and not self.closing and now - self.last_used >= idle_timeout)
 
     def close_idle(self):
         """
@@ -652,8 +703,12 @@ class StreamTransport(Service):
     """
     C{tcp:} (body C{json}, OpenSIPS 3.x) or C{jsonrpc:} (body C{jsonrpc24},
     OpenSIPS 2.4), as configured by its factory.
+
+    @cvar supports_fail_fast: C{deliver} takes C{fail_fast} (what the
+        virtual transport looks for before passing it).
     """
     _log = Logger()
+    supports_fail_fast = True
 
     def __init__(self, name, scheme, body, settings, statistics, reactor):
         self.name = name
@@ -732,7 +787,17 @@ class StreamTransport(Service):
         self._next_id = self._next_id % MAX_ID + 1
         return self._next_id
 
-    def deliver(self, notification, subscriptions):
+    def deliver(self, notification, subscriptions, fail_fast=False):
+        """
+        See L{evsrv.interfaces.IEventTransport.deliver}.
+
+        @param fail_fast: the caller has another destination to try (a
+            virtual FAILOVER or ROUND-ROBIN member): a notification for a
+            destination that is down fails as soon as a connect attempt
+            fails (the first one included), or at once while it is backing
+            off after one, with the connect error as the reason, instead of
+            waiting up to C{queue_timeout} for a reconnect.
+        """
         batch = DeliveryBatch(self.counters)
         batch.pending = len(subscriptions)
         if self._stopped:
@@ -761,7 +826,7 @@ class StreamTransport(Service):
                 label = f"{self.scheme}:{ip}:{port}" if ":" not in ip else (
                     f"{self.scheme}:[{ip}]:{port}")
                 peer = self._peers[(ip, port)] = _Peer(self, ip, port, label)
-            peer.send(_Entry(payload, sub, batch, ident, now))
+            peer.send(_Entry(payload, sub, batch, ident, now, fail_fast))
         return batch.result()
 
     def destinations(self):
@@ -858,7 +923,7 @@ def _options():
                             "seconds before the first reconnect; doubled after each failed "
                             "connect"),
         "reconnect_max_delay": ("30", seconds, "longest wait between two connects"),
-        "idle_timeout": ("300", seconds,
+        "idle_timeout": ("300", seconds_or_never,
                          "seconds without a notification after which a destination's "
                          "connection is closed (reopened by the next one); 0: never"),
         "event_param": ("", method_name,

@@ -17,6 +17,16 @@ one delivered notification; the raise then goes to the next member, so a
 slow member delays only the virtual subscriptions it belongs to, by as long
 as its own transport's timeout, and never another subscriber.
 
+Failing fast (FAILOVER and ROUND-ROBIN): a member that has another member
+after it in this raise's order is asked not to wait for a destination that
+is down, through C{deliver(..., fail_fast=True)} on transports whose
+C{supports_fail_fast} is true (tcp/jsonrpc): a refused connection fails it
+at once and the raise moves on, as OpenSIPS does, rather than after the
+member's C{queue_timeout}. The last member to try (nowhere else to go), and
+every PARALLEL member, are delivered as plain subscribers are, waiting and
+retrying. Transports without the flag report their failures as they come
+(a refused XML-RPC call, a missing UNIX path: at once).
+
 Skipping (FAILOVER and ROUND-ROBIN): a member that failed is skipped for
 C{failover_timeout} seconds (ini; 0 never skips), then tried again; one
 that works again is used again at once. Skipped members are not forgotten:
@@ -247,7 +257,9 @@ class VirtualTransport:
         reasons = [] if reasons is None else reasons
         while index < len(order):
             member = order[index]
-            result = self._attempt(member, notification, sub)
+            # only a member with a next one to fall back on may fail fast
+            result = self._attempt(member, notification, sub,
+                                   fail_fast=index + 1 < len(order))
             if isinstance(result, Deferred):
                 return result.addCallback(self._next, group, order, notification, sub,
                                           index, reasons)
@@ -317,15 +329,22 @@ class VirtualTransport:
             return FAILED, "; ".join(r for _, r in reasons)[:500]
         return DROPPED, "; ".join(r for _, r in reasons)[:500]
 
-    def _attempt(self, member, notification, sub):
+    def _attempt(self, member, notification, sub, fail_fast=False):
         """
         Deliver through one member. @return: C{(status, reason,
         late_failure)} or a Deferred of it (never failing).
+
+        @param fail_fast: ask the member's transport, if it supports it, to
+            fail rather than wait for a destination that is down.
         """
         msub = member.subscription_for(sub.event)
         failed_before = msub.failed
+        transport = member.transport
         try:
-            result = member.transport.deliver(notification, [msub])
+            if fail_fast and getattr(transport, "supports_fail_fast", False):
+                result = transport.deliver(notification, [msub], fail_fast=True)
+            else:
+                result = transport.deliver(notification, [msub])
         except Exception as e:
             # a member transport's bug: this member failed, the others go on
             self._log.failure("{socket}: member {member} raised",
