@@ -131,6 +131,7 @@ def test_embedded_default_listens_on_8888():
     config = read_config(None, transport_factories())
     assert config.http.listen == ("127.0.0.1", 8888)
     assert (config.http.mi_path, config.http.metrics_path) == ("/mi", "/metrics")
+    assert (config.http.idle_timeout, config.http.header_timeout) == (60.0, 10.0)
 
 
 def test_http_is_off_unless_the_ini_says_so(tmpdir_short):
@@ -144,6 +145,8 @@ def test_http_is_off_unless_the_ini_says_so(tmpdir_short):
     ("metrics_path", "/mi", "must differ from mi_path"),
     ("max_request", "10", "between 1024"),
     ("idle_timeout", "0", "positive"),
+    ("header_timeout", "0", "positive"),
+    ("header_timeout", "soon", "bad value"),
     ("other", "1", "unknown key"),
 ])
 def test_bad_http_settings(tmpdir_short, key, value, message):
@@ -307,25 +310,313 @@ def test_body_at_the_cap_is_served(server_factory, client):
     assert response.code == 413
 
 
-def test_idle_connection_is_closed_after_idle_timeout(tmpdir_short):
+def clock_site(tmpdir_short, settings=""):
     """
-    A client that connects and says nothing is dropped after idle_timeout
-    (on a Clock: the site's timers run on the server's reactor).
+    The HTTP site of a server built on a Clock (its timers run on the
+    server's reactor), with C{settings} added to C{[http]}.
     """
     from evsrv.server import EvsrvService
     from evsrv.http.site import build_site
     clock = Clock()
-    config = make_config(HTTP_INI + "idle_timeout = 30\n", tmpdir_short)
+    config = make_config(HTTP_INI + settings, tmpdir_short)
     service = EvsrvService(config, clock)
     site = build_site(config.http, clock, service.statistics, service.evi,
                       service.controller, service.http_dispatcher)
+    return clock, site, service.statistics
+
+
+def connect(site):
     protocol = site.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def hang_up(protocol, clock=None):
+    """
+    The client side goes away (StringTransport never says so itself); with
+    C{clock} (no other connection open), nothing may be left on it.
+    """
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+    protocol.connectionLost(Failure(ConnectionDone()))
+    if clock is not None:
+        assert not clock.getDelayedCalls()
+
+
+def http_post(body, extra=b""):
+    return (b"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body))
+
+
+# a request head that is never finished (no blank line)
+SLOW_HEAD = b"POST /mi HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+
+@pytest.fixture
+def warnings():
+    """
+    The warnings logged during the test, formatted.
+    """
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    lines = []
+
+    def observe(event):
+        if event.get("log_level") == LogLevel.warn:
+            lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_header_dribble_is_closed_at_header_timeout(tmpdir_short, warnings):
+    """
+    Slowloris: a header byte every 5 s resets idle_timeout (6 s) each time,
+    but the head has its own deadline, counted from the connection's start:
+    at header_timeout the client is answered 408 and the connection closed,
+    counted, and logged once per period however many clients do it.
+    """
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 6\nheader_timeout = 10\n")
+    protocol, transport = connect(site)
+    protocol.dataReceived(SLOW_HEAD[:1])
+    clock.advance(5)
+    other, other_transport = connect(site)  # a second client, 5 s behind
+    protocol.dataReceived(SLOW_HEAD[1:2])
+    other.dataReceived(SLOW_HEAD[:1])
+    clock.advance(4.9)
+    assert not transport.disconnecting and transport.value() == b""
+    clock.advance(0.1)  # 10 s since the first client's start
+    assert transport.disconnecting and not transport.disconnected  # closed, not aborted
+    reply = transport.value()
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"\r\nConnection: close\r\n" in reply
+    assert reply.endswith(b"\r\n\r\n408 Request Timeout")
+    assert statistics.value("http:requests_timed_out") == 1
+    hang_up(protocol)
+    other.dataReceived(SLOW_HEAD[1:2])
+    clock.advance(5)
+    # the second: answered and counted, not logged again within the 10 s
+    assert other_transport.value().startswith(b"HTTP/1.1 408 ")
+    assert statistics.value("http:requests_timed_out") == 2
+    hang_up(other, clock)
+    assert [line for line in warnings if "timed out" in line] == [
+        "HTTP client 192.168.1.1 timed out: request line and headers not received within "
+        "10 s; answered 408, connection closed (0 similar messages suppressed)"]
+
+
+def test_client_that_does_not_read_the_408_is_aborted(tmpdir_short):
+    """
+    The 408 is written and the connection closed cleanly; a client that
+    does not read (its window full) is cut off after Twisted's abortTimeout.
+    """
+    clock, site, _ = clock_site(tmpdir_short, "header_timeout = 10\n")
+    protocol, transport = connect(site)
+    protocol.dataReceived(SLOW_HEAD[:1])
+    clock.advance(10)
+    assert transport.disconnecting and not transport.disconnected
+    clock.advance(protocol.abortTimeout)
+    assert transport.disconnected  # StringTransport: aborted
+    hang_up(protocol, clock)
+
+
+def test_body_dribble_is_closed_at_idle_timeout_after_the_head(tmpdir_short):
+    """
+    Headers in time, then a body byte every 5 s: each resets the idle timer,
+    but the body must be complete within idle_timeout of the head's end.
+    """
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 20\nheader_timeout = 10\n")
+    protocol, transport = connect(site)
+    clock.advance(9)
+    protocol.dataReceived(b"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(3):  # past the head's deadline: it no longer applies
+        clock.advance(5)
+        protocol.dataReceived(b" ")
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert statistics.value("http:requests_timed_out") == 1
+    hang_up(protocol, clock)
+
+
+def test_silent_connection_is_closed_quietly_at_header_timeout(tmpdir_short, warnings):
+    """
+    A connection that sends nothing at all has begun no request: it is
+    closed at header_timeout (counted from its start) without a 408, and is
+    neither counted nor logged, as an idle close (browsers open spare ones).
+    """
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 30\nheader_timeout = 10\n")
+    protocol, transport = connect(site)
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting and transport.value() == b""
+    assert statistics.value("http:requests_timed_out") == 0
+    assert not [line for line in warnings if "timed out" in line]
+    hang_up(protocol, clock)
+
+
+def test_idle_connection_is_closed_after_idle_timeout(tmpdir_short):
+    """
+    A client that connects and says nothing is dropped after idle_timeout
+    when that comes before header_timeout (on a Clock: the site's timers
+    run on the server's reactor).
+    """
+    clock, site, _ = clock_site(tmpdir_short, "idle_timeout = 30\nheader_timeout = 60\n")
+    protocol, transport = connect(site)
     clock.advance(29)
     assert not transport.disconnecting
     clock.advance(2)
     assert transport.disconnecting
+    hang_up(protocol, clock)
+
+
+def test_keep_alive_waits_idle_timeout_then_the_head_has_header_timeout(tmpdir_short):
+    """
+    Between requests a keep-alive connection may wait silent for
+    idle_timeout, as before; the next head's deadline starts at its first
+    byte. Requests in time are all answered on the one connection.
+    """
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 60\nheader_timeout = 10\n")
+    protocol, transport = connect(site)
+    for n in range(3):
+        if n:
+            clock.advance(30)  # longer than header_timeout, shorter than idle_timeout
+            assert not transport.disconnecting
+        transport.clear()
+        protocol.dataReceived(http_post(rpc("which", id_=n)))
+        assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n"), transport.value()
+        assert json.loads(transport.value().split(b"\r\n\r\n", 1)[1])["id"] == n
+    # the next request begins and stalls: its own header_timeout
+    transport.clear()
+    clock.advance(30)
+    protocol.dataReceived(b"P")
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    assert statistics.value("http:requests_timed_out") == 1
+    assert statistics.value("http:requests") == 3
+    hang_up(protocol, clock)
+
+
+def test_keep_alive_silent_after_a_request_is_closed_at_idle_timeout(tmpdir_short):
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 60\nheader_timeout = 10\n")
+    protocol, transport = connect(site)
+    protocol.dataReceived(http_post(rpc("which")))
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    clock.advance(59.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting and transport.value() == b""
+    assert statistics.value("http:requests_timed_out") == 0
+    hang_up(protocol, clock)
+
+
+def test_pipelined_request_head_is_timed_from_the_end_of_the_previous(tmpdir_short):
+    """
+    Bytes of the next request that came while the previous one was being
+    answered: its head's deadline starts when that answer is done.
+    """
+    from evsrv.mi.controller import Command
+    clock, site, statistics = clock_site(tmpdir_short, "idle_timeout = 60\nheader_timeout = 10\n")
+    pending = Deferred()
+    site.resource.routes[b"/mi"].dispatcher.controller.register(
+        Command("slow_test", [[]], lambda call: pending))
+    protocol, transport = connect(site)
+    protocol.dataReceived(http_post(rpc("slow_test")) + SLOW_HEAD[:5])
+    clock.advance(30)  # the command takes its time; no deadline runs meanwhile
+    assert not transport.disconnecting
+    pending.callback("OK")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    transport.clear()
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+    hang_up(protocol, clock)
+
+
+class Dribbler(Protocol):
+    """
+    Sends C{data} one byte every C{interval} seconds (on the real reactor)
+    and collects what comes back until the server closes.
+    """
+
+    def __init__(self, data, interval):
+        from twisted.internet.task import LoopingCall
+        self.data = data
+        self.received = b""
+        self.done = Deferred()
+        self.sending = LoopingCall(self._next)
+        self.interval = interval
+
+    def connectionMade(self):
+        self.started = reactor.seconds()
+        self.sending.start(self.interval)
+
+    def _next(self):
+        if self.data:
+            self.transport.write(self.data[:1])
+            self.data = self.data[1:]
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        if self.sending.running:
+            self.sending.stop()
+        self.elapsed = reactor.seconds() - self.started
+        self.done.callback(self.received)
+
+
+@pytest_twisted.inlineCallbacks
+def test_header_dribble_over_a_real_socket_is_closed(server_factory):
+    server = server_factory(HTTP_INI + "header_timeout = 0.5\n")
+    host = server.http.listening.getHost()
+    protocol = Dribbler(SLOW_HEAD, 0.05)  # 20 bytes a second: never done in time
+    yield connectProtocol(TCP4ClientEndpoint(reactor, host.host, host.port), protocol)
+    received = yield protocol.done.addTimeout(5, reactor)
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert 0.4 < protocol.elapsed < 3, protocol.elapsed
+    assert server.statistics.value("http:requests_timed_out") == 1
+    from tests.conftest import until
+    yield until(lambda: not server.http.site.connections)
+
+
+@pytest_twisted.inlineCallbacks
+def test_keep_alive_client_is_unaffected(server_factory):
+    """
+    Several requests on one persistent connection, spread over more than
+    header_timeout: each head has its own deadline, none is missed.
+    """
+    from twisted.internet.task import deferLater
+    server = server_factory(HTTP_INI + "header_timeout = 0.5\n")
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 1
+    agent = Agent(reactor, pool=pool)
+    from twisted.web.client import FileBodyProducer
+    from io import BytesIO
+    connections = set()
+    try:
+        for n in range(4):
+            response = yield agent.request(
+                b"POST", server.http_mi_url().encode(),
+                Headers({b"Content-Type": [b"application/json"]}),
+                FileBodyProducer(BytesIO(rpc("which", id_=n))))
+            done = Deferred()
+            response.deliverBody(_BodyCollector(done))
+            # (the connection goes back to the pool once the body is read)
+            connections.update(server.http.site.connections)
+            data = yield done
+            assert response.code == 200 and json.loads(data)["id"] == n
+            yield deferLater(reactor, 0.2, lambda: None)
+    finally:
+        yield pool.closeCachedConnections()
+    assert len(connections) == 1  # 0.8 s, 4 requests, one connection
+    assert server.statistics.value("http:requests_timed_out") == 0
+    assert server.statistics.value("http:requests") == 4
 
 
 @pytest_twisted.inlineCallbacks
@@ -344,9 +635,16 @@ def test_client_gone_before_the_reply(http_server):
     from tests.conftest import until
     yield until(lambda: http_server.controller.commands["slow_test"].calls == 1)
     protocol.transport.loseConnection()
-    yield protocol.done
+    received = yield protocol.done
+    assert received == b""
     yield until(lambda: not http_server.http.site.connections)
     pending.callback("OK")
+    # the command finished without error and its reply went nowhere: no
+    # response was completed (the site counts each one it finishes)
+    command = http_server.controller.commands["slow_test"]
+    assert (command.calls, command.errors) == (1, 0)
+    assert http_server.statistics.value("http:requests") == 0
+    assert http_server.statistics.value("mi:errors") == 0
 
 
 @pytest_twisted.inlineCallbacks

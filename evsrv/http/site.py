@@ -16,7 +16,16 @@ Hostile or broken clients:
  - a slow or silent client only holds its own connection: twisted.web reads
    and writes without blocking, and closes a connection idle for
    C{idle_timeout} seconds; a client that does not read a large reply only
-   grows its own connection's send buffer.
+   grows its own connection's send buffer;
+ - a client cannot keep a connection by dribbling (slowloris: a byte now and
+   then resets the idle timer): the request line and headers must be
+   complete within C{header_timeout} of the connection's start (on a
+   keep-alive connection, of the next request's first byte: the wait for it
+   is C{idle_timeout}'s), and the body within C{idle_timeout} of the
+   headers' end, however steadily the bytes come. Past either deadline a
+   request begun is answered 408 and the connection closed, counted in
+   C{http:requests_timed_out} and logged at most once per 10 s; a
+   connection that sent nothing at all is just closed, as an idle one.
 Access lines are logged at debug level only (one per request would drown the
 log of a scraped server).
 """
@@ -25,6 +34,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -34,6 +44,8 @@ from evsrv.http.status import StatusResource
 from evsrv.mi.protocol import RateLimitedLog
 
 _TOO_LARGE = b"413 Request body too large"
+_TIMED_OUT = b"408 Request Timeout"
+_PARTS = {"head": "request line and headers", "body": "body"}
 
 
 class HTTPListenError(Exception):
@@ -86,6 +98,104 @@ class CappedRequest(Request):
         self.channel.loseConnection()
 
 
+class EvsrvChannel(HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel with deadlines on receiving a request
+    (twisted.web only has the idle timer, which every byte resets), and the
+    bookkeeping of the site's open connections.
+
+    Deadlines: the head from the connection's start, or on a keep-alive
+    connection from the next request's first byte (the silent wait before it
+    stays C{idle_timeout}'s, as a scraper polling every 30 s expects); the
+    body from the head's end. None runs while a request is being answered.
+    """
+    _deadline = None   # the running deadline's DelayedCall, or the close's abort
+    _waiting = False   # keep-alive, between requests: the next byte starts a head
+    _begun = False     # bytes of the current request have come
+    _gone = None
+
+    def connectionMade(self):
+        self._gone = Deferred()
+        self.site.connections[self.transport] = self._gone
+        super().connectionMade()
+        self._expect("head", self.site.header_timeout)
+
+    def dataReceived(self, data):
+        # (pipelined bytes held while the previous request was answered come
+        # through here too, replayed by requestDone: timed from then)
+        if self._waiting:
+            self._waiting = False
+            self._expect("head", self.site.header_timeout)
+        # (bytes that come while a request is answered belong to the next
+        # one; requestDone forgets them here and they come back through)
+        self._begun = True
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel()
+        super().allHeadersReceived()
+        if self.length != 0:  # a body follows (None: chunked)
+            # idle_timeout, not header_timeout: a body may be up to
+            # max_request (1 MiB and more) where a head is at most 16 KiB
+            self._expect("body", self.site.timeOut)
+
+    def allContentReceived(self):
+        self._cancel()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        if self.persistent:
+            self._waiting, self._begun = True, False
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._cancel()
+        if self._gone is None:
+            return super().connectionLost(reason)
+        self.site.connections.pop(self.transport, None)
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._gone.callback(None)
+
+    def _expect(self, part, timeout):
+        self._cancel()
+        if timeout:
+            self._deadline = self.callLater(timeout, self._timed_out, part, timeout)
+
+    def _cancel(self):
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self, part, timeout):
+        self._deadline = None
+        if self.transport.disconnecting:
+            # Already answered (400, 413) and closing, waiting for the client
+            # to read it: it had the deadline to do so; no 408 after those.
+            self.transport.abortConnection()
+            return
+        if not self._begun:
+            # Nothing of a request came: an idle connection (browsers open
+            # spare ones), closed quietly rather than counted as an attack.
+            self.loseConnection()
+            return
+        self.site.request_timed_out(self, part, timeout)
+        # Nothing of a response has been started (no deadline runs once a
+        # request is being answered): the client may learn why.
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\n"
+                             b"Content-Type: text/plain; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(_TIMED_OUT), _TIMED_OUT))
+        self.loseConnection()
+        # A client that reads nothing (its window full of an earlier reply)
+        # would hold the clean close open forever: cut off after
+        # abortTimeout, as twisted.web does after its own idle timeout.
+        if self.abortTimeout is not None:
+            self._deadline = self.callLater(self.abortTimeout, self.transport.abortConnection)
+
+
 class _Paths(Resource):
     """
     Exact paths to leaf resources (C{/mi}, C{/metrics}), whatever they are
@@ -111,17 +221,24 @@ class EvsrvSite(Site):
     The site; it also keeps its open connections so that stopping the server
     closes them (and their timers) rather than leaving them to the reactor.
     """
+    # The channel itself rather than twisted.web's default wrapper, which
+    # only adds switching to HTTP/2 after TLS ALPN; this site has no TLS.
+    protocol = EvsrvChannel
     requestFactory = CappedRequest
     _log = Logger()
 
-    def __init__(self, resource, reactor, max_request, idle_timeout, statistics, allow=None):
+    def __init__(self, resource, reactor, max_request, idle_timeout, statistics, allow=None,
+                 header_timeout=None):
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_request = max_request
         self.allow = allow  # NetworkList of client addresses served; None: every client
+        self.header_timeout = header_timeout  # None: no deadline on request heads
         self.too_large = statistics.counter("http", "requests_too_large")
         self._requests = statistics.counter("http", "requests")
         self._refused = statistics.counter("http", "connections_refused")
+        self._timed_out = statistics.counter("http", "requests_timed_out")
         self._warn_refused = RateLimitedLog(self._log, reactor)
+        self._warn_timed_out = RateLimitedLog(self._log, reactor)
         self.connections = {}  # transport -> Deferred fired when it is gone
 
     def buildProtocol(self, addr):
@@ -133,26 +250,18 @@ class EvsrvSite(Site):
             self._warn_refused.warn("HTTP connection from {source} refused: not in [http] "
                                     "allow ({allow})", source=addr.host, allow=str(self.allow))
             return None
-        protocol = super().buildProtocol(addr)
-        lost = Deferred()
-        made, original_lost = protocol.makeConnection, protocol.connectionLost
-        transports = []
+        return super().buildProtocol(addr)
 
-        def make_connection(transport):
-            transports.append(transport)
-            self.connections[transport] = lost
-            made(transport)
-
-        def connection_lost(reason):
-            if transports:
-                self.connections.pop(transports[0], None)
-            try:
-                original_lost(reason)
-            finally:
-                lost.callback(None)
-        protocol.makeConnection = make_connection
-        protocol.connectionLost = connection_lost
-        return protocol
+    def request_timed_out(self, channel, part, timeout):
+        """
+        Count and log a request that missed its deadline (see L{EvsrvChannel}).
+        """
+        self._timed_out.value += 1
+        peer = channel.transport.getPeer()
+        self._warn_timed_out.warn("HTTP client {peer} timed out: {part} not received within "
+                                  "{timeout:g} s; answered 408, connection closed",
+                                  peer=getattr(peer, "host", peer), part=_PARTS[part],
+                                  timeout=timeout)
 
     # Twisted's access log (and its once-a-second clock) is replaced by a
     # debug line per request.
@@ -194,7 +303,8 @@ def build_site(http_config, reactor, statistics, evi, controller, dispatcher, mi
     if http_config.status_path:
         routes[http_config.status_path.encode()] = StatusResource(statistics, evi, reactor)
     return EvsrvSite(_Paths(routes), reactor, http_config.max_request,
-                     http_config.idle_timeout, statistics, http_config.allow)
+                     http_config.idle_timeout, statistics, http_config.allow,
+                     http_config.header_timeout)
 
 
 def url_host(host: str) -> str:
