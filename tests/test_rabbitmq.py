@@ -239,17 +239,16 @@ def test_credentials_and_vhost(server_factory, vhost_user, log_capture):
         d = server.evi.raise_event("E_TEST", {"k": "v"})
         yield until(lambda: drain_into(channel, queue, got), timeout=10)
         assert got == [b'{"jsonrpc":"2.0","method":"E_TEST","params":{"k":"v"}}']
-        # the bad password: refused, logged once as a warning, queued
+        # the bad password: refused by the broker, logged as a warning, failed
+        report = yield settled(d)
+        assert (report.delivered, report.failed, report.dropped) == (1, 1, 0)
+        assert report.errors == [(f"rabbitmq:{user}@127.0.0.1/{queue}",
+                                  "authentication failed (ACCESS_REFUSED)")]
         bad = [c for c in server.transports["rabbitmq"].connections.values()
                if c.key.password == "wrong"][0]
-        yield until(lambda: bad.state == 3 and bad.queue, timeout=10)
-        assert any("wrong user or password" in t or "ACCESS_REFUSED" in t
+        assert any("authentication failed (ACCESS_REFUSED)" in t
                    for t in log_capture.texts(LogLevel.warn) if bad.label in t), \
             log_capture.texts(LogLevel.warn)
-        server.transports["rabbitmq"].stop_timeout = 0
-        yield server.transports["rabbitmq"].stopService()
-        report = yield settled(d)
-        assert (report.delivered, report.dropped) == (1, 1)
         channel.queue_delete(queue)
     finally:
         connection.close()
@@ -485,3 +484,55 @@ def test_tls_refuses_a_certificate_from_another_ca(server_factory, tmpdir_short,
         assert report.dropped == 1
     finally:
         yield proxy.close()
+
+
+
+
+def refusal_lines(capture):
+    return [t for t in capture.texts() if "authentication failed (ACCESS_REFUSED)" in t]
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_password_fails_at_once_with_the_reason_logged_once(server_factory,
+                                                                  log_capture):
+    """
+    The broker refuses the login (it closes with 403 ACCESS_REFUSED because
+    we ask for authentication_failure_close): each notification fails at
+    once, counted, with the reason; the log says so once, in one line,
+    while the connection keeps retrying with backoff.
+    """
+    server = server_factory(ini())
+    rabbitmq = server.transports["rabbitmq"]
+    # the subscribe answers OK without talking to the broker
+    reply = mi(server, "event_subscribe", ["E_TEST", "rabbitmq:guest:WRONG@127.0.0.1/q", 60])
+    assert reply.get("result") == "OK", reply
+    assert not any(conn.service for conn in rabbitmq.connections.values())
+    report = yield settled(server.evi.raise_event("E_TEST", {"n": 1}), timeout=5)
+    assert (report.delivered, report.failed, report.dropped) == (0, 1, 0)
+    assert report.errors == [("rabbitmq:guest@127.0.0.1/q",
+                              "authentication failed (ACCESS_REFUSED)")]
+    conn, = rabbitmq.connections.values()
+    failures = conn._failures
+    yield until(lambda: conn._failures >= failures + 2, timeout=10)  # still retrying
+    # while it refuses, a raise fails at once instead of queueing
+    report = server.evi.raise_event("E_TEST", {"n": 2})
+    assert report.called and report.result.failed == 1
+    yield report
+    sub, = mi(server, "subscribers_stats", ["E_TEST"])["result"]["Subscribers"]
+    assert (sub["sent"], sub["failed"], sub["dropped"]) == (0, 2, 0)
+    assert sub["last_error"] == "authentication failed (ACCESS_REFUSED)"
+    values = stats(server)
+    assert values["evi_rabbitmq:notifications_failed"] == 2
+    name = "evi_rabbitmq:amqp://guest@127.0.0.1:5672/"
+    assert values[f"{name}:refused"] == 2 and values[f"{name}:queued"] == 0
+    assert values[f"{name}:state"] == 3
+    lines = refusal_lines(log_capture)
+    assert len(lines) == 1, lines  # once for the spell, not per retry
+    assert "amqp://guest@127.0.0.1:5672/" in lines[0] and "user 'guest'" in lines[0]
+    assert "WRONG" not in " ".join(log_capture.texts())
+    rabbitmq_lines = [t for t in log_capture.texts() if "rabbitmq" in t]
+    assert not [t for t in rabbitmq_lines
+                if "\n" in t or "ConnectionLost" in t or "Failure instance" in t], rabbitmq_lines
+    [event] = [e for e in log_capture.events
+               if "authentication failed (ACCESS_REFUSED)" in str(e.get("refusal"))]
+    assert event["log_level"] == LogLevel.warn

@@ -7,14 +7,16 @@ import json
 
 import pytest
 from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
 from evsrv.statistics import Statistics
-from evsrv.transports.rabbitmq import (DOWN, READY, STOPPED, PublishDropped, PublishNacked,
-                                       RabbitMQTransport, amqp_spec, parse_socket,
-                                       rabbitmqTransport)
+from evsrv.transports.rabbitmq import (DOWN, READY, STOPPED, BrokerRefused, PublishDropped,
+                                       PublishNacked, RabbitMQTransport, amqp_spec,
+                                       parse_socket, rabbitmqTransport)
 from tests.test_evi import result_of
 
 
@@ -386,3 +388,180 @@ def test_handshake_timeout_and_oversized_frame_cut_the_connection():
     proto.connectionLost(Failure(ConnectionDone()))
     assert conn.current is None and conn.protocol is None
     assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+# -- the broker refusing the login --------------------------------------------------------------
+
+
+class _Wire:
+    """
+    A StringTransport that records aborts (txamqp's protocol on it, driven
+    with frames pika encodes, read back with pika's decoder).
+    """
+
+    def __init__(self):
+        from twisted.internet.testing import StringTransport
+
+        class Transport(StringTransport):
+            aborted = False
+
+            def abortConnection(self):
+                self.aborted = True
+                self.loseConnection()
+        self.transport = Transport()
+
+    def frames(self):
+        import pika.frame
+        data, out = self.transport.value(), []
+        self.transport.clear()
+        while data:
+            used, frame = pika.frame.decode_frame(data)
+            assert used, data
+            out.append(frame)
+            data = data[used:]
+        return out
+
+
+def broker_says(proto, method, channel=0):
+    import pika.frame
+    proto.dataReceived(pika.frame.Method(channel, method).marshal())
+
+
+def connected_protocol(conn):
+    from evsrv.transports.rabbitmq import _ProtocolFactory
+    proto = _ProtocolFactory(conn).buildProtocol(None)
+    wire = _Wire()
+    proto.makeConnection(wire.transport)
+    assert wire.transport.value() == b"AMQP\x01\x01\x00\x09"
+    wire.transport.clear()
+    return proto, wire
+
+
+@pytest.fixture
+def log_events():
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def rabbitmq_lines(events):
+    from twisted.logger import formatEvent
+    return [formatEvent(e) for e in events if "rabbitmq:" in e.get("log_format", "")]
+
+
+def test_start_ok_asks_for_authentication_failure_close():
+    """
+    start-ok carries client properties with the capabilities table
+    RabbitMQ reads, as pika (not our encoder) decodes it.
+    """
+    import pika.spec
+    transport, clock, _ = make_transport()
+    conn = connection_of(transport, "user:pw@127.0.0.1/q")
+    conn.service = FakeService()
+    proto, wire = connected_protocol(conn)
+    broker_says(proto, pika.spec.Connection.Start(
+        server_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanisms="PLAIN AMQPLAIN"))
+    start_ok, = wire.frames()
+    method = start_ok.method
+    assert isinstance(method, pika.spec.Connection.StartOk)
+    properties = method.client_properties
+    assert properties["capabilities"] == {"authentication_failure_close": True}
+    assert properties["product"] == "evsrv"
+    assert method.mechanism == "PLAIN" and method.locale == "en_US"
+    assert method.response == b"\0user\0pw"
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_refused_login_fails_notifications_at_once_until_accepted(log_events):
+    import pika.spec
+    transport, clock, statistics = make_transport(queue_size=10)
+    conn = connection_of(transport, "guest:WRONG@127.0.0.1/q")
+    conn.service = FakeService()
+    early = []
+    conn.publish(b"", b"q", b"queued before").addErrback(early.append)
+    proto, wire = connected_protocol(conn)
+    broker_says(proto, pika.spec.Connection.Start(mechanisms="PLAIN"))
+    wire.frames()
+    broker_says(proto, pika.spec.Connection.Close(
+        403, "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
+        "For details see the broker logfile.", 0, 0))
+    assert [type(f.method) for f in wire.frames()] == [pika.spec.Connection.CloseOk]
+    proto.connectionLost(Failure(ConnectionLost()))
+    # what was queued failed, with the short reason
+    assert early[0].check(BrokerRefused)
+    assert early[0].getErrorMessage() == "authentication failed (ACCESS_REFUSED)"
+    assert conn.state == DOWN and not conn.queue
+    # a new one fails at once while the broker refuses (retries change nothing)
+    for _ in range(3):
+        conn._handshake_failed(None, "403 ACCESS_REFUSED - ...",
+                               "authentication failed (ACCESS_REFUSED)")
+    late = []
+    conn.publish(b"", b"q", b"while refused").addErrback(late.append)
+    assert late[0].check(BrokerRefused) and not conn.queue
+    label = conn.label
+    assert statistics.get([f"evi_rabbitmq:{label}:refused"]) == {
+        f"evi_rabbitmq:{label}:refused": 2}
+    lines = rabbitmq_lines(log_events)
+    assert lines == [
+        "rabbitmq: amqp://guest@127.0.0.1:5672/: authentication failed (ACCESS_REFUSED) "
+        "for user 'guest' (403 ACCESS_REFUSED - Login was refused using authentication "
+        "mechanism PLAIN. For details see the broker logfile.); notifications to it fail "
+        "until the broker accepts it, retrying with backoff (up to 10 s)"]
+    # unreachable now: that may pass, so notifications queue again
+    conn._handshake_failed(None, "Connection was refused by other side: 111: Connection "
+                                 "refused.")
+    queued = []
+    conn.publish(b"", b"q", b"while down").addBoth(queued.append)
+    assert not queued and len(conn.queue) == 1
+    assert "unavailable" in rabbitmq_lines(log_events)[-1]
+    # the operator fixed the password: published
+    protocol, channel = fake_connect(conn)
+    assert [p[2] for p in protocol.published] == [b"while down"]
+    assert conn.refused is None
+    conn.publish(b"", b"q", b"after")
+    assert len(protocol.published) == 2
+
+
+def test_refused_vhost_is_a_refusal_too():
+    import pika.spec
+    transport, clock, _ = make_transport()
+    conn = connection_of(transport, "127.0.0.1/vhost=nope?q")
+    conn.service = FakeService()
+    failed = []
+    conn.publish(b"", b"q", b"x").addErrback(failed.append)
+    proto, wire = connected_protocol(conn)
+    broker_says(proto, pika.spec.Connection.Start(mechanisms="PLAIN"))
+    broker_says(proto, pika.spec.Connection.Tune(channel_max=0, frame_max=131072,
+                                                 heartbeat=60))
+    broker_says(proto, pika.spec.Connection.Close(530, "NOT_ALLOWED - vhost nope not found",
+                                                  10, 40))
+    proto.connectionLost(Failure(ConnectionLost()))
+    assert failed[0].check(BrokerRefused)
+    assert failed[0].getErrorMessage() == "access to vhost 'nope' refused (NOT_ALLOWED)"
+
+
+def test_login_dropped_without_a_close_is_one_clean_line(log_events):
+    """
+    A broker that drops the connection at login (no
+    authentication_failure_close): one line naming the likely cause, no
+    Failure repr; it may be the network, so notifications stay queued.
+    """
+    import pika.spec
+    transport, clock, _ = make_transport()
+    conn = connection_of(transport)
+    conn.service = FakeService()
+    pending = conn.publish(b"", b"q", b"x")
+    proto, wire = connected_protocol(conn)
+    broker_says(proto, pika.spec.Connection.Start(mechanisms="PLAIN"))
+    proto.connectionLost(Failure(ConnectionLost()))
+    line, = rabbitmq_lines(log_events)
+    assert ("unavailable (connection closed by the broker during login (wrong user or "
+            "password?): Connection to the other side was lost in a non-clean fashion.)"
+            in line), line
+    assert "\n" not in line and "Failure" not in line
+    assert len(conn.queue) == 1 and not pending.called
+    conn._drop_all("test over")
+    pending.addErrback(lambda f: f.trap(PublishDropped))

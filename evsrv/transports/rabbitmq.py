@@ -42,6 +42,12 @@ How delivery works, and what a slow, dead or hostile broker can do:
    exchange; the others are published again on a new channel. A publish
    that keeps killing channels for an unknown reason fails after a few
    attempts, so one bad subscriber cannot wedge its connection.
+ - A broker that refuses the login or the vhost (connection.close 403 or
+   530 while connecting; start-ok asks RabbitMQ for
+   C{authentication_failure_close}, else it just drops the connection)
+   fails the notifications to it at once, with the reason, and keeps being
+   retried with backoff (see L{BrokerConnection}). The MI subscribe still
+   answers OK without asking the broker: subscribing never waits for it.
  - A publish the broker cannot route (no queue bound) is acked and lost
    by the broker, as in OpenSIPS: C{mandatory} is not used.
  - A hostile broker cannot make us buffer more than one MAX_FRAME frame
@@ -51,7 +57,9 @@ How delivery works, and what a slow, dead or hostile broker can do:
 
 txamqp workarounds (see the ecosystem notes §1.8): the spec file is vendored
 (C{evsrv/specs}); bodies, exchange and routing keys are always bytes (its
-codec counts characters, not bytes); ack/nack handlers are added to the
+codec counts characters, not bytes); start-ok is encoded here (its table
+encoder knows no booleans or nested tables, and it sends no client
+properties); ack/nack handlers are added to the
 delegate; nothing is ever consumed and C{mandatory} is never set (its read
 path mangles content); the AMQP handshake runs inside the protocol, not in
 ClientService's C{prepareConnection} (a connection lost while preparing hits
@@ -61,6 +69,7 @@ a missing transition in ClientService's state machine).
 import collections
 import re
 import struct
+import sys
 from importlib import resources
 from urllib.parse import quote
 
@@ -74,10 +83,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txamqp import spec as amqp_spec_module
-from txamqp.client import TwistedDelegate
+from txamqp.client import Closed, TwistedDelegate
 from txamqp.connection import Frame, Header, Method
 from txamqp.protocol import AMQClient
 
+from evsrv import __version__
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
@@ -120,6 +130,39 @@ class PublishDropped(Exception):
     The publish was dropped before the broker confirmed it (queue full, too
     old, or the server stopped).
     """
+
+
+class BrokerRefused(Exception):
+    """
+    The broker refused the connection's login or vhost (connection.close
+    403 or 530 during the handshake): the publish failed without being
+    sent, as every one does while the broker keeps refusing.
+    """
+
+
+def _one_line(text, limit=300) -> str:
+    # Reasons go into one log line and into last_error: no object reprs
+    # spread over lines, and a hostile broker's reply text stays short.
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _failure_text(failure) -> str:
+    """
+    One line saying why C{failure} happened. txamqp wraps the cause of a
+    closed connection (a Failure, itself wrapping e.g. ConnectionLost) in
+    its C{Closed}, whose text is the Failure's multi-line repr.
+    """
+    error = failure.value
+    while isinstance(error, Closed) and error.args:
+        inner = error.args[0]
+        if isinstance(inner, Failure):
+            error = inner.value
+        elif isinstance(inner, BaseException):
+            error = inner
+        else:
+            break
+    return _one_line(str(error) or type(error).__name__)
 
 
 # -- socket syntax ---------------------------------------------------------------
@@ -373,6 +416,74 @@ class _Single:
             self.deferred.errback(Failure(error))
 
 
+# What start-ok tells the broker about us. authentication_failure_close
+# makes RabbitMQ answer a refused login with connection.close 403
+# ACCESS_REFUSED; without it, it just drops the TCP connection (after a
+# delay), which looks like any network failure.
+CLIENT_PROPERTIES = {
+    "product": "evsrv",
+    "version": __version__,
+    "platform": f"Python {sys.version.split()[0]} (Twisted, txamqp)",
+    "capabilities": {"authentication_failure_close": True},
+}
+# reply codes of a connection.close during the handshake that mean "these
+# credentials, this vhost: no", i.e. nothing a retry soon will change
+REFUSALS = {403: "ACCESS_REFUSED", 530: "NOT_ALLOWED"}
+
+
+def _shortstr(text) -> bytes:
+    data = text if isinstance(text, bytes) else text.encode()
+    return struct.pack("!B", len(data)) + data
+
+
+def _longstr(text) -> bytes:
+    data = text if isinstance(text, bytes) else text.encode()
+    return struct.pack("!I", len(data)) + data
+
+
+def _field_table(table: dict) -> bytes:
+    """
+    An AMQP 0-9-1 field table of str, bool and nested tables. txamqp's
+    encoder writes everything that is not a str as a 32-bit integer, so it
+    cannot send the capabilities table.
+    """
+    out = []
+    for name, value in table.items():
+        out.append(_shortstr(name))
+        if isinstance(value, bool):
+            out.append(b"t\x01" if value else b"t\x00")
+        elif isinstance(value, dict):
+            out.append(b"F" + _field_table(value))
+        else:
+            out.append(b"S" + _longstr(value))
+    data = b"".join(out)
+    return struct.pack("!I", len(data)) + data
+
+
+def start_ok_payload(spec, mechanism, response, locale, properties=CLIENT_PROPERTIES) -> bytes:
+    """
+    The payload of the connection.start-ok method frame (class and method
+    ids, then its four fields in the spec's order).
+    """
+    method = spec.classes.byname["connection"].methods.byname["start-ok"]
+    return (struct.pack("!HH", method.klass.id, method.id) + _field_table(properties)
+            + _shortstr(mechanism) + _longstr(response) + _shortstr(locale))
+
+
+class _EncodedMethod:
+    """
+    A method frame payload encoded by us, in txamqp's Payload interface
+    (what its frame writer calls).
+    """
+    type = Frame.METHOD
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def encode(self, codec):
+        codec.encode_longbytes(self.data)
+
+
 class _Delegate(TwistedDelegate):
     """
     txamqp's delegate lacks the confirm handlers: an ack would raise inside
@@ -380,8 +491,12 @@ class _Delegate(TwistedDelegate):
     """
 
     def connection_start(self, ch, msg):
-        self.client.stage = "login"
-        super().connection_start(ch, msg)
+        # As TwistedDelegate, but with client properties (see
+        # CLIENT_PROPERTIES), which txamqp neither sends nor could encode.
+        client = self.client
+        client.stage = "login"
+        ch.outgoing.put(Frame(ch.id, _EncodedMethod(start_ok_payload(
+            client.spec, client.mechanism, client.response, client.locale))))
 
     def connection_tune(self, ch, msg):
         # As TwistedDelegate, but frames are capped at MAX_FRAME: the broker
@@ -401,7 +516,11 @@ class _Delegate(TwistedDelegate):
         self.client.confirmed(ch, msg.delivery_tag, msg.multiple, False)
 
     def connection_close(self, ch, msg):
-        self.client.close_reason = f"{msg.reply_code} {msg.reply_text}"
+        text = msg.reply_text
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        self.client.close_code = msg.reply_code
+        self.client.close_reason = _one_line(f"{msg.reply_code} {text}")
         super().connection_close(ch, msg)
 
 
@@ -421,6 +540,7 @@ class _AMQPProtocol(AMQClient):
     then hands a ready channel to its L{BrokerConnection}.
     """
     owner = None
+    close_code = None  # of the broker's connection.close, if it sent one
     close_reason = None
     reported = False  # a failed attempt has been told to the owner
     stage = "start"  # how far the handshake got, for the timeout's message
@@ -441,6 +561,7 @@ class _AMQPProtocol(AMQClient):
         # PLAIN with a bytes response: txamqp's AMQPLAIN table encoder
         # cannot take bytes, and its str encoder miscounts non-ASCII.
         yield self.start(b"\0" + key.user.encode() + b"\0" + key.password.encode(), "PLAIN")
+        self.stage = "channel"  # (a 403/530 now is no longer about the login or vhost)
         channel = yield self.channel(1)
         yield channel.channel_open()
         yield channel.confirm_select()
@@ -453,10 +574,32 @@ class _AMQPProtocol(AMQClient):
 
     def _handshake_failed(self, failure):
         self._cancel_handshake_timer()
-        reason = self.close_reason or failure.getErrorMessage() or failure.type.__name__
-        self._report(reason)
+        if self.close_reason:
+            reason = self.close_reason
+        elif self.stage == "login":
+            # a broker that drops the connection instead of saying 403
+            # (one without authentication_failure_close)
+            reason = ("connection closed by the broker during login (wrong user or "
+                      f"password?): {_failure_text(failure)}")
+        else:
+            reason = _failure_text(failure)
+        self._report(reason, self._refusal())
         if self.transport is not None and self.connected:
             self.transport.abortConnection()
+
+    def _refusal(self):
+        """
+        The short reason when the broker closed the handshake refusing
+        the login or the vhost, else C{None}.
+        """
+        name = REFUSALS.get(self.close_code)
+        if name is None:
+            return None
+        if self.stage == "login" and self.close_code == 403:
+            return f"authentication failed ({name})"
+        if self.stage == "open":
+            return f"access to vhost {self.owner.key.vhost!r} refused ({name})"
+        return None
 
     def _handshake_timed_out(self):
         self._handshake_timer = None
@@ -471,10 +614,10 @@ class _AMQPProtocol(AMQClient):
         self._report(reason)
         self.transport.abortConnection()
 
-    def _report(self, reason):
+    def _report(self, reason, refusal=None):
         if not self.reported:
             self.reported = True
-            self.owner._handshake_failed(self, reason)
+            self.owner._handshake_failed(self, reason, refusal)
 
     def _cancel_handshake_timer(self):
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -533,7 +676,7 @@ class _AMQPProtocol(AMQClient):
     def connectionLost(self, reason):
         self._cancel_handshake_timer()
         super().connectionLost(reason)
-        text = self.close_reason or reason.getErrorMessage()
+        text = self.close_reason or _failure_text(reason)
         if self.owner.current is self:
             self.owner.current = None
         if self.owner.protocol is not self:
@@ -575,7 +718,7 @@ class _ObservedEndpoint:
 
     def connect(self, factory):
         def failed(failure):
-            self._owner._handshake_failed(None, failure.getErrorMessage())
+            self._owner._handshake_failed(None, _failure_text(failure))
             return failure
         return self._endpoint.connect(factory).addErrback(failed)
 
@@ -588,7 +731,16 @@ class BrokerConnection:
     Statistics (group C{evi_rabbitmq}, C{NAME} = L{ConnectionKey.label}):
     C{NAME:state} (0 idle, 1 connecting, 2 ready, 3 down, 4 stopped),
     C{NAME:queued}, C{NAME:in_flight}, C{NAME:confirmed}, C{NAME:nacked},
-    C{NAME:dropped}, C{NAME:republished}, C{NAME:connects}.
+    C{NAME:dropped}, C{NAME:refused}, C{NAME:republished}, C{NAME:connects}.
+
+    While the broker refuses the login or the vhost (L{BrokerRefused}),
+    notifications to it fail at once, counted as failed with the reason,
+    instead of waiting in the queue to be dropped C{max_age} seconds later:
+    a wrong password does not fix itself in that time, and the subscriber's
+    counters and C{last_error} should say so now. The connection keeps
+    retrying with backoff meanwhile (the operator may fix the user on the
+    broker) and queues again as soon as the broker accepts the login, or
+    fails in another way (down, timeout: that may pass).
     """
     _log = Logger()
 
@@ -606,7 +758,8 @@ class BrokerConnection:
         self.service = None
         self._age_timer = None
         self._failures = 0  # consecutive failed connection attempts
-        self._logged_down = False
+        self.refused = None  # why the broker refused the last attempt (see above)
+        self._logged = None  # kind of failure logged in this outage (once each)
         self._channel_ids = 1
         self._reopening = False
         statistics = transport.statistics
@@ -617,6 +770,7 @@ class BrokerConnection:
         self.confirmed = statistics.counter(group, f"{label}:confirmed")
         self.nacked = statistics.counter(group, f"{label}:nacked")
         self.dropped = statistics.counter(group, f"{label}:dropped")
+        self.refused_count = statistics.counter(group, f"{label}:refused")
         self.republished = statistics.counter(group, f"{label}:republished")
         self.connects = statistics.counter(group, f"{label}:connects")
 
@@ -716,32 +870,65 @@ class BrokerConnection:
         self.channel = channel
         self.next_tag = 1
         self._failures = 0
+        self.refused = None
         self.connects.value += 1
         self._set_state(READY)
-        if self._logged_down:
+        if self._logged is not None:
             self._log.info("rabbitmq: {connection} connected again; {queued} queued "
                            "notification(s) to publish",
                            connection=self.label, transport=self.transport.name, queued=len(self.queue))
         else:
             self._log.info("rabbitmq: {connection} connected", connection=self.label, transport=self.transport.name)
-        self._logged_down = False
+        self._logged = None
         self._pump()
 
-    def _handshake_failed(self, protocol, reason):
+    def _handshake_failed(self, protocol, reason, refusal=None):
+        """
+        A connection attempt failed: C{reason} says why in one line;
+        C{refusal}, if set, is the short reason of a broker that refused
+        the login or vhost (e.g. C{authentication failed (ACCESS_REFUSED)}).
+        """
         self._failures += 1
-        self._went_down(reason)
+        self._went_down(reason, refusal)
 
-    def _went_down(self, reason):
+    def _went_down(self, reason, refusal=None):
         if self.state == STOPPED:
             return
         self._set_state(DOWN)
-        if not self._logged_down:
-            # Once per outage; the next log line is the reconnect.
-            self._logged_down = True
-            self._log.warn("rabbitmq: {connection} unavailable ({reason}); notifications "
-                           "are queued (up to {size}, {age:g} s) until it is back",
-                           connection=self.label, transport=self.transport.name, reason=reason,
-                           size=self.transport.queue_size, age=self.transport.max_age)
+        self.refused = refusal
+        # Logged once per outage, and once more each time it turns from
+        # unreachable to refused or back, not at every retry; the next
+        # line is the reconnect.
+        kind = refusal or "unavailable"
+        if self._logged != kind:
+            self._logged = kind
+            if refusal is None:
+                self._log.warn("rabbitmq: {connection} unavailable ({reason}); notifications "
+                               "are queued (up to {size}, {age:g} s) until it is back",
+                               connection=self.label, transport=self.transport.name,
+                               reason=reason, size=self.transport.queue_size,
+                               age=self.transport.max_age)
+            else:
+                self._log.warn("rabbitmq: {connection}: {refusal} for user {user!r} "
+                               "({reason}); notifications to it fail until the broker "
+                               "accepts it, retrying with backoff (up to {retry:g} s)",
+                               connection=self.label, transport=self.transport.name,
+                               refusal=refusal, user=self.key.user, reason=reason,
+                               retry=self.transport.reconnect_max)
+        if refusal is not None:
+            self._refuse_queued()
+
+    def _refuse_queued(self):
+        # (nothing is in flight: the connection never got ready)
+        entries = list(self.queue)
+        self.queue.clear()
+        self._cancel_age_timer()
+        for entry in entries:
+            self._refuse(entry)
+
+    def _refuse(self, entry):
+        self.refused_count.value += 1
+        entry.waiter.settled(entry, BrokerRefused(self.refused))
 
     def _lost(self, protocol, reason):
         if protocol is not self.protocol:
@@ -865,6 +1052,9 @@ class BrokerConnection:
             return
         if self.service is None:
             self.start()
+        if self.refused is not None:
+            self._refuse(entry)  # see the class docstring
+            return
         if (self.channel is not None and not self.queue
                 and len(self.in_flight) < self.transport.window):
             self._send(entry)
@@ -877,7 +1067,7 @@ class BrokerConnection:
                 content_type="application/json"):
         """
         Publish one message; the Deferred fires on the broker's ack and fails
-        with L{PublishNacked} or L{PublishDropped}.
+        with L{PublishNacked}, L{PublishDropped} or L{BrokerRefused}.
         """
         waiter = _Single()
         self.enqueue(_Entry(exchange, routing_key, body,
