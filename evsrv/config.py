@@ -58,10 +58,18 @@ class ConfigError(Exception):
 
 
 # Destinations no subscriber may name unless [policy] deny_destinations says
-# otherwise: "this host" and unspecified, link-local (cloud metadata services
-# live there), multicast, reserved and broadcast.
-DEFAULT_DENIED_DESTINATIONS = ("0.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, "
-                               "::/128, fe80::/10, ff00::/8")
+# otherwise: "this host" and unspecified, link-local (most cloud metadata
+# services live there), multicast, reserved and broadcast; then the cloud
+# metadata and platform addresses outside link-local, which hand out
+# credentials or configuration to whoever on the instance asks: Alibaba
+# Cloud, Oracle Cloud Classic, Azure's WireServer, and the IPv6 twins of
+# link-local services: AWS instance metadata and EKS Pod Identity, Google
+# Cloud, Oracle Cloud, Akamai/Linode and Scaleway.
+DEFAULT_DENIED_DESTINATIONS = (
+    "0.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, ::/128, fe80::/10, ff00::/8, "
+    "100.100.100.200, 192.0.0.192, 168.63.129.16, "
+    "fd00:ec2::254, fd00:ec2::23, fd20:ce::254, fd00:c1::a9fe:a9fe, fd00:a9fe:a9fe::1, "
+    "fd00:42::42")
 
 
 @dataclass
@@ -72,6 +80,7 @@ class MIConfig:
     unix_owner: str | None = None   # user name; None: the server's
     unix_group: str | None = None   # group name; None: the server's
     max_datagram: int = 65457
+    request_timeout: float = 10.0  # seconds before a pending command is answered "timed out"
     # sources allowed on every UDP listener, and per-listener overrides
     # from [mi:udp:HOST:PORT] allow
     allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
@@ -116,7 +125,10 @@ class HTTPConfig:
     mi_path: str = "/mi"          # "": no MI over HTTP
     metrics_path: str = "/metrics"  # "": no metrics
     max_request: int = 1048576    # bytes of request body; larger: 413
-    idle_timeout: float = 60.0    # seconds a connection may stay silent
+    idle_timeout: float = 60.0    # seconds a connection may stay silent; a body's deadline
+    # seconds from a connection's start (keep-alive: from the next request's
+    # first byte) to the end of its request line and headers
+    header_timeout: float = 10.0
     status_path: str = "/status"  # "": no status page
     status_recent: int = 20       # raised events the status page lists
     allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
@@ -342,6 +354,7 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         unix_owner=r.get("mi", "unix_owner", "", _user),
         unix_group=r.get("mi", "unix_group", "", _group),
         max_datagram=r.get("mi", "max_datagram", "65457", _datagram_size),
+        request_timeout=r.get("mi", "request_timeout", "10", _positive_float),
         allow=r.get("mi", "allow", LOOPBACK, NetworkList.parse),
     )
     listener_sections = set()
@@ -367,6 +380,7 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         metrics_path=r.get("http", "metrics_path", "/metrics", _url_path),
         max_request=r.get("http", "max_request", "1048576", _request_size),
         idle_timeout=r.get("http", "idle_timeout", "60", _positive_float),
+        header_timeout=r.get("http", "header_timeout", "10", _positive_float),
         status_path=r.get("http", "status_path", "/status", _url_path),
         status_recent=r.get("http", "status_recent", "20", _status_recent),
         allow=r.get("http", "allow", LOOPBACK, NetworkList.parse),
