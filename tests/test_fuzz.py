@@ -13,6 +13,10 @@ import json
 import os
 import random
 import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -23,6 +27,8 @@ from twisted.internet.defer import fail
 from twisted.internet.error import DNSLookupError
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+
+from evsrv.interfaces import BadSocket
 
 FUZZ_INI = """\
 [mi]
@@ -395,3 +401,179 @@ def test_udp_burst_of_garbage_then_which(fuzz_server, udp_collector):
             break
         yield deferLater(reactor, 0.02, lambda: None)
     assert len(noise.received) > len(datagrams) // 2
+
+
+# -- every socket parser ------------------------------------------------------------------
+
+PARSER_INI = """\
+[mi]
+udp = 127.0.0.1:0
+[events]
+publish = E_TEST
+[transports]
+enabled = udp, unix, tcp, jsonrpc, xmlrpc, rabbitmq, virtual, flatstore, route
+"""
+
+
+class NoDNSReactor:
+    """
+    The reactor, except that every name fails to resolve at once (so each
+    parse completes synchronously and nothing reaches the network's DNS).
+    """
+
+    def resolve(self, name, timeout=None):
+        return fail(DNSLookupError(name))
+
+    def __getattr__(self, name):
+        return getattr(reactor, name)
+
+
+@pytest.fixture
+def parser_server(server_factory):
+    server = server_factory(PARSER_INI)
+    for transport in server.transports.values():
+        if hasattr(transport, "reactor"):
+            transport.reactor = NoDNSReactor()
+    yield server
+    for transport in server.transports.values():
+        if hasattr(transport, "reactor"):
+            transport.reactor = reactor
+
+
+PARSER_SCHEMES = ["udp", "unix", "tcp", "jsonrpc", "xmlrpc", "rabbitmq", "virtual",
+                  "flatstore", "route", "amqp", ""]
+# text as it reaches a parser: any characters, and any bytes as the MI decodes them
+socket_rests = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200).map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.builds(lambda a, b: f"{a}:{b}", st.text(max_size=40), st.integers(-5, 70000)),
+    st.builds(lambda a, b: f"{a}/{b}", st.text(max_size=40), st.text(max_size=40)),
+    st.builds(lambda a: f"FAILOVER udp:127.0.0.1:9 {a}", st.text(max_size=60)),
+)
+
+
+@FUZZ
+@given(scheme=st.sampled_from(PARSER_SCHEMES), rest=socket_rests)
+def test_every_socket_parser_answers_a_destination_or_bad_socket(
+        parser_server, logged_errors, scheme, rest):
+    results = []
+    parser_server.evi.parse_socket(f"{scheme}:{rest}" if scheme else rest) \
+        .addBoth(results.append)
+    assert not logged_errors.flush(), (scheme, rest)
+    assert results, f"no synchronous answer for {scheme}:{rest!r}"
+    if isinstance(results[0], Failure):
+        assert results[0].check(BadSocket), results[0].getTraceback()
+    else:
+        transport, destination = results[0]
+        assert scheme == transport.schemes[0] or scheme in transport.schemes \
+            or (not scheme and rest.startswith("/"))
+
+
+# -- every MI listener, over real sockets -----------------------------------------------
+
+LISTENER_INI = """\
+[mi]
+udp = 127.0.0.1:0
+unix = mi.sock
+[http]
+listen = 127.0.0.1:0
+[events]
+publish = E_TEST
+[modules]
+load =
+"""
+LISTENER_FUZZ = settings(FUZZ, max_examples=max(20, FUZZ.max_examples // 3))
+WHICH = b'{"jsonrpc":"2.0","method":"which","id":"probe"}'
+
+
+@pytest.fixture(scope="module")
+def listener_process(tmp_path_factory):
+    """
+    A real evsrv process (its own reactor: the test's blocking sockets
+    cannot stall it); its log is checked to hold no traceback at the end.
+    """
+    from evsrv.testing import ServerProcess
+    from tests.conftest import ROOT
+    directory = Path(tempfile.mkdtemp(prefix="evsrv-f-"))
+    ini = directory / "evsrv.ini"
+    ini.write_text(LISTENER_INI)
+    proc = ServerProcess(ini, pythonpath=ROOT)
+    yield proc
+    status = proc.stop()
+    log = proc.log()
+    shutil.rmtree(directory)
+    for word in ("Traceback", "Unhandled error", "CRITICAL", "critical"):
+        assert word not in log, log[-4000:]
+    assert status == 0, log[-2000:]
+
+
+def _until_probe(recv):
+    """
+    Read replies until the probe's: whatever came before it was the fuzz
+    datagram's answer (or nothing, for a request that gets none).
+    """
+    while True:
+        reply = recv()
+        if b'"id":"probe"' in reply:
+            return
+        assert reply, "empty reply"
+
+
+@LISTENER_FUZZ
+@given(data=st.binary(max_size=3000))
+def test_udp_listener_answers_or_ignores_any_datagram(listener_process, data):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(data, listener_process.udp)
+        sock.sendto(WHICH, listener_process.udp)
+        _until_probe(lambda: sock.recv(65535))
+
+
+@LISTENER_FUZZ
+@given(data=st.binary(max_size=3000))
+def test_unix_listener_answers_or_ignores_any_datagram(listener_process, data):
+    path = listener_process.ini.parent / "mi.sock"
+    own = listener_process.ini.parent / f"client-{os.getpid()}.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(own))
+        try:
+            sock.settimeout(10)
+            sock.sendto(data, str(path))
+            sock.sendto(WHICH, str(path))
+            _until_probe(lambda: sock.recv(65535))
+        finally:
+            own.unlink()
+
+
+def _http_exchange(listener_process, request: bytes) -> bytes:
+    host, port = listener_process.http.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)  # the whole request: the server must answer or close
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+@LISTENER_FUZZ
+@given(body=st.binary(max_size=3000))
+def test_http_listener_answers_any_body(listener_process, body):
+    path = "/" + listener_process.http.split("//")[1].split("/", 1)[1]
+    answer = _http_exchange(listener_process, (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+    assert answer.startswith(b"HTTP/1.1 200 ") or answer.startswith(b"HTTP/1.1 400 "), \
+        answer[:200]
+
+
+@LISTENER_FUZZ
+@given(request=st.one_of(
+    st.binary(max_size=2000),
+    st.builds(lambda a, b: b"POST /mi HTTP/1.1\r\n" + a + b"\r\n\r\n" + b,
+              st.binary(max_size=300), st.binary(max_size=300))))
+def test_http_listener_answers_or_closes_on_any_bytes(listener_process, request):
+    answer = _http_exchange(listener_process, request)
+    assert answer == b"" or answer.startswith(b"HTTP/1."), answer[:200]

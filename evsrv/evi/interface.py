@@ -5,6 +5,7 @@ listener. The MI, the routing script and modules all go through it.
 """
 
 import collections
+import re
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -15,6 +16,9 @@ from evsrv.evi.params import make_params
 from evsrv.evi.subscriptions import SubscriptionStore
 from evsrv.interfaces import BadSocket, LimitExceeded
 
+# Bytes that are not UTF-8 travel inside evsrv as lone surrogates
+# (evsrv._wire); a JSON \udc80 escape decodes to one too.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_NESTED_RAISES = 100  # as OpenSIPS' MAX_REC_LEV
 SWEEP_LIMIT = 10000  # expirations per sweep; more wait for the next tick
 
@@ -118,6 +122,15 @@ class EventInterface:
         @return: Deferred firing with C{(transport, destination)}; fails with
             L{BadSocket} (or L{UnknownTransport}).
         """
+        if not socket.isascii():
+            bad = _SURROGATE.search(socket)
+            if bad is not None:
+                # Refused for every transport alike: such a socket cannot be
+                # stored (SQLite text is UTF-8), listed in a JSON reply or
+                # compared reliably, and no real destination needs it.
+                return fail(BadSocket(
+                    f"socket {socket[:80]!r} is not valid UTF-8 (byte or escape "
+                    f"at position {bad.start()})"))
         if socket.startswith("/"):
             scheme, rest = "unix", socket  # a bare path means unix (opensips-event does this)
         else:
