@@ -21,7 +21,8 @@ from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
 from evsrv.modules import ModuleContext
 from evsrv.mi.dispatch import MIDispatcher
-from evsrv.persistence import StoreError, SubscriptionDatabase, SubscriptionJournal
+from evsrv.persistence import (StoreError, StoreNotWritable, SubscriptionDatabase,
+                                SubscriptionJournal)
 from evsrv.persistence.database import move_aside
 from evsrv.policy import DestinationPolicy
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
@@ -81,7 +82,8 @@ class EvsrvService(MultiService):
             self.evi.publish(name)
         ExpiryService(self.evi, config.expiry_interval, clock=reactor).setServiceParent(self)
 
-        self.controller = MIController(self.statistics, clock=reactor)
+        self.controller = MIController(self.statistics, clock=reactor,
+                                       request_timeout=config.mi.request_timeout)
         for command in EVICommands(self.evi).commands():
             self.controller.register(command)
         for command in CoreCommands(self.controller, self.statistics, reactor).commands():
@@ -134,6 +136,9 @@ class EvsrvService(MultiService):
         try:
             database = SubscriptionDatabase(store.path, store.sync)
             self._stored = database.load()
+        except StoreNotWritable as e:
+            # nothing to set aside: --ignore-store would fail the same way
+            raise ConfigError(self.config.source, "store", None, str(e)) from None
         except StoreError as e:
             if not ignore_store:
                 raise ConfigError(self.config.source, "store", None,
@@ -295,11 +300,17 @@ class EvsrvService(MultiService):
                      else f"unix:{host.name.decode() if isinstance(host.name, bytes) else host.name}")
             self._log.info("MI listening on {where}", where=where)
         if self.http is not None:
+            # one line per thing the site serves, the MI first (ServerProcess
+            # takes the first "HTTP listening on URL" for the HTTP MI)
             http = self.config.http
-            self._log.info("HTTP listening on {url} (metrics: {metrics})",
-                           url=self.http.base_url + (http.mi_path or "/"),
-                           metrics=(self.http.base_url + http.metrics_path
-                                    if http.metrics_path else "off"))
+            served = [(path, what) for path, what in ((http.mi_path, "MI"),
+                                                      (http.metrics_path, "metrics"),
+                                                      (http.status_path, "status page"))
+                      if path]
+            nothing = ("/", "nothing: mi_path, metrics_path and status_path are off")
+            for path, what in served or [nothing]:
+                self._log.info("HTTP listening on {url} ({serves})",
+                               url=self.http.base_url + path, serves=what)
         self._log.info("evsrv {version} started: {events} events, transports {transports}",
                        version=__version__, events=len(self.evi.events),
                        transports=", ".join(self.transports) or "none")

@@ -460,3 +460,63 @@ def test_under_steady_load_a_change_waits_its_batch_delay_not_more(tmp_path):
     runner.run_next()
     result_of(closed)
 
+
+
+def test_a_change_that_cannot_be_written_fails_alone(tmp_path, logged_errors):
+    # A socket text SQLite cannot hold (a lone surrogate: a byte that was not
+    # UTF-8) used to fail its whole batch: every other client's subscribe or
+    # refresh was then answered 500 and taken back.
+    journal, clock, statistics = make_journal(tmp_path)
+    good = [journal.put("E_A", f"udp:127.0.0.1:{n}", f"udp:127.0.0.1:{n}", 10, 1000.0)
+            for n in range(3)]
+    bad = journal.put("E_A", "unix:/tmp/x\udcff", "unix:/tmp/x\udcff", 10, 1000.0)
+    gone = journal.delete("E_B", "udp:127.0.0.1:9")
+    clock.advance(0.01)
+    assert [result_of(d) for d in good] == [None, None, None]
+    assert result_of(gone) is None
+    failure = result_of(bad)
+    assert failure.check(StoreWriteError) and "cannot be stored" in str(failure.value)
+    assert journal.writes.value == 1 and journal.rows_written.value == 4
+    assert journal.changes_rejected.value == 1
+    assert [r[1] for r in rows(tmp_path / "s.sqlite")] == [
+        "udp:127.0.0.1:0", "udp:127.0.0.1:1", "udp:127.0.0.1:2"]
+    # the next batch is not affected
+    later = journal.put("E_A", "udp:127.0.0.1:7", "udp:127.0.0.1:7", 10, 1000.0)
+    clock.advance(0.01)
+    assert result_of(later) is None
+    result_of(journal.close())
+
+
+def test_a_flush_waits_for_a_batch_with_a_rejected_change(tmp_path, logged_errors):
+    journal, clock, _ = make_journal(tmp_path, batch_delay=5)
+    bad = journal.put("E_A", "x\udc80", "x\udc80", 10, 1000.0)
+    bad.addErrback(lambda f: f.trap(StoreWriteError))
+    assert result_of(journal.flush()) is None
+    assert bad.called
+    result_of(journal.close())
+
+
+# the tests run as root, whom no directory refuses: the server runs as nobody
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as another user")
+def test_a_store_directory_that_is_not_writable_says_so(tmpdir_short):
+    # Not an "unreadable store" that --ignore-store would set aside: the
+    # directory cannot be written, and the message says what helps.
+    state = tmpdir_short / "state"
+    state.mkdir(mode=0o755)
+    ini = tmpdir_short / "evsrv.ini"
+    ini.write_text("[mi]\nudp = 127.0.0.1:0\n[store]\ndirectory = state\n")
+    os.chmod(tmpdir_short, 0o755)
+    for extra in ((), ("--ignore-store",)):
+        proc = subprocess.run(
+            [*AS_NOBODY, sys.executable, "-m", "twisted", "--log-format=text", "evsrv",
+             "-c", str(ini), *extra], capture_output=True, text=True, timeout=30, cwd="/",
+            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"[store]: {state}: not writable (permission denied) by this user " \
+               f"(uid 65534)" in proc.stderr
+        assert "set [store] backend = none" in proc.stderr
+        assert "--ignore-store" not in proc.stderr and "unreadable" not in proc.stderr
+    assert list(state.iterdir()) == []

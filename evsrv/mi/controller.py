@@ -6,8 +6,9 @@ access (spec §2.1), shared by every MI dialect and listener.
 
 import re
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
@@ -179,7 +180,7 @@ class MIController:
     """
     _log = Logger()
 
-    def __init__(self, statistics, clock=None):
+    def __init__(self, statistics, clock=None, request_timeout=None):
         self.commands = {}
         self.names = []
         self.statistics = statistics
@@ -189,6 +190,11 @@ class MIController:
         self.observers = []
         self._requests = statistics.counter("mi", "requests")
         self._errors = statistics.counter("mi", "errors")
+        # seconds a command that answers later (a subscribe waiting for its
+        # name or its disk write) may take before the client is answered
+        # that it timed out; None: no bound (needs a clock)
+        self.request_timeout = request_timeout if clock is not None else None
+        self._timed_out = statistics.counter("mi", "requests_timed_out")
 
     def register(self, command: Command) -> None:
         for name in (command.name, *command.aliases):
@@ -213,7 +219,39 @@ class MIController:
         else:
             d = maybeDeferred(self._run, method, params, dialect)
         d.addErrback(self._failed, method)
+        if self.request_timeout and not d.called:
+            return self._bounded(d, method)
         return d
+
+    def _bounded(self, d, method):
+        """
+        The answer to a command still running: its result, or past
+        C{request_timeout} an error saying so. The command itself runs on
+        (a subscribe may still be stored), so the error says its outcome is
+        unknown; every MI command may safely be repeated.
+        """
+        answer = Deferred()
+
+        def timed_out():
+            self._timed_out.value += 1
+            self._log.warn("MI command {method} still running after {timeout} s: answered "
+                           "as timed out", method=method, timeout=self.request_timeout)
+            answer.errback(MIError(
+                500, "Request timed out",
+                f"{method} did not finish within {self.request_timeout:g} s; its outcome is "
+                f"unknown, repeat it", legacy=(500, "request timed out")))
+        timer = self.clock.callLater(self.request_timeout, timed_out)
+
+        def finished(result):
+            if timer.active():
+                timer.cancel()
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+            # else: answered already; an unexpected failure was logged by _failed
+        d.addBoth(finished)
+        return answer
 
     def _timed(self, result, method, started):
         elapsed = self.clock.seconds() - started

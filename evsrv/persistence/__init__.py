@@ -3,7 +3,8 @@ Subscriptions that survive restarts: MI subscriptions are written to an
 SQLite file in the state directory and restored at start-up.
 """
 
-from evsrv.persistence.database import StoreError, SubscriptionDatabase
+from evsrv.persistence.database import StoreError, StoreNotWritable, SubscriptionDatabase
 from evsrv.persistence.journal import StoreWriteError, SubscriptionJournal
 
-__all__ = ["StoreError", "StoreWriteError", "SubscriptionDatabase", "SubscriptionJournal"]
+__all__ = ["StoreError", "StoreNotWritable", "StoreWriteError", "SubscriptionDatabase",
+           "SubscriptionJournal"]

@@ -9,6 +9,7 @@ row keeps the socket text as the client first sent it, since the listing
 may leave out parts a transport needs (a broker password).
 """
 
+import errno
 import os
 import sqlite3
 import time
@@ -36,11 +37,36 @@ DO UPDATE SET expire = excluded.expire, subscribed_at = excluded.subscribed_at
 """
 
 
+_DELETE = "DELETE FROM subscriptions WHERE event = ? AND destination = ?"
+
+# Errors a single row causes (its values cannot be bound or violate a
+# constraint), as opposed to the file or the disk failing
+# (sqlite3.OperationalError: full, read-only, I/O error), which fails the
+# whole batch.
+_ROW_ERRORS = (ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               sqlite3.DataError, sqlite3.IntegrityError)
+
+
 class StoreError(Exception):
     """
     The store cannot be opened or read (corrupt, unreadable, another
     schema); the message names the file and says why.
     """
+
+
+class StoreNotWritable(StoreError):
+    """
+    The store's directory (or file) cannot be written by this process: no
+    permission, or a read-only file system. Setting the file aside
+    (C{--ignore-store}) cannot help; the message says what does.
+    """
+
+
+def _not_writable(where, why) -> StoreNotWritable:
+    return StoreNotWritable(
+        f"{where}: not writable ({why}) by this user (uid {os.geteuid()}); the subscription "
+        f"store is written there: make it writable, choose another [store] directory, "
+        f"or set [store] backend = none")
 
 
 class StoredSubscription:
@@ -75,8 +101,20 @@ class SubscriptionDatabase:
 
     def __init__(self, path: Path, sync="full"):
         self.path = Path(path)
+        directory = self.path.parent
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            if e.errno in _NOT_WRITABLE:
+                raise _not_writable(_first_missing(directory), _reason(e)) from None
+            raise StoreError(f"{directory}: cannot make the store directory: {_reason(e)}") \
+                from None
+        # SQLite writes the -wal and -shm files beside the store: the
+        # directory must be writable, not only the file.
+        for where in (directory, self.path):
+            if where.exists() and not os.access(where, os.W_OK):
+                raise _not_writable(where, "permission denied")
+        try:
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             # check_same_thread off: opened here, then used by the journal's
@@ -84,11 +122,16 @@ class SubscriptionDatabase:
             self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                        check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
+            if getattr(e, "errno", None) in _NOT_WRITABLE:
+                raise _not_writable(directory, _reason(e)) from None
             raise StoreError(f"{self.path}: cannot open: {_reason(e)}") from None
         try:
             self._prepare(sync)
         except sqlite3.Error as e:
             self._db.close()
+            if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+                # root on a read-only file system passes os.access
+                raise _not_writable(directory, _reason(e)) from None
             raise StoreError(f"{self.path}: unreadable subscription store: {_reason(e)}") \
                 from None
 
@@ -128,21 +171,41 @@ class SubscriptionDatabase:
         """
         Apply one batch in one transaction (one disk sync).
 
+        A change that cannot be written on its own account (text SQLite
+        cannot store, a number out of range) is left out and reported; the
+        rest of the batch is written: one bad change never costs the others.
+
         @param puts: C{(event, destination, socket, expire, subscribed_at)}
             rows to insert or refresh (a refresh keeps the stored socket).
         @param deletes: C{(event, destination)} pairs to remove.
         @param expired_before: also remove rows whose deadline is before this
             time (expired subscriptions nobody unsubscribed).
-        @raise sqlite3.Error: nothing of the batch was applied.
+        @return: C{[((event, destination), reason)]}, the changes left out.
+        @raise sqlite3.Error: nothing of the batch was applied (the file or
+            the disk failed).
         """
         db = self._db
+        rejected = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            if puts:
-                db.executemany(_UPSERT, puts)
-            if deletes:
-                db.executemany("DELETE FROM subscriptions WHERE event = ? AND destination = ?",
-                               deletes)
+            db.execute("SAVEPOINT batch")
+            try:
+                if puts:
+                    db.executemany(_UPSERT, puts)
+                if deletes:
+                    db.executemany(_DELETE, deletes)
+                db.execute("RELEASE batch")
+            except _ROW_ERRORS:
+                # Found out only now, and rarely: apply the changes one by one
+                # to learn which cannot be written.
+                db.execute("ROLLBACK TO batch")
+                db.execute("RELEASE batch")
+                for statement, rows in ((_UPSERT, puts), (_DELETE, deletes)):
+                    for row in rows:
+                        try:
+                            db.execute(statement, row)
+                        except _ROW_ERRORS as e:
+                            rejected.append((tuple(row[:2]), f"cannot be stored: {e}"))
             if expired_before is not None:
                 db.execute("DELETE FROM subscriptions WHERE subscribed_at + expire < ?",
                            (expired_before,))
@@ -151,6 +214,7 @@ class SubscriptionDatabase:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return rejected
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
@@ -171,6 +235,18 @@ def move_aside(path: Path) -> Path:
         if source.exists():
             source.rename(str(target) + suffix)
     return target
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _first_missing(directory: Path) -> Path:
+    """
+    The deepest existing parent of C{directory} (where C{mkdir} failed).
+    """
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return directory
 
 
 def _reason(e):

@@ -14,7 +14,9 @@ Changes to the same subscription within a batch collapse into the last one.
 
 A slow disk makes MI answers slower, never lost or reordered; a failing
 disk (full, read-only, gone) fails the waiting requests with
-L{StoreWriteError}, and later batches try again.
+L{StoreWriteError}, and later batches try again. A change that cannot be
+written on its own account (text SQLite cannot hold) fails alone: the other
+changes of its batch are written and answered as usual.
 """
 
 from twisted.internet.defer import Deferred, succeed
@@ -52,7 +54,9 @@ class SubscriptionJournal:
                 return deferToThreadPool(clock, clock.getThreadPool(), f, *args)
         self._run = run
         self._changes = {}   # (event, destination) -> (kind, row)
-        self._waiters = []   # Deferreds answered by the next batch
+        # (event, destination) -> Deferreds answered by the next batch; the
+        # key None holds flush() callers, answered when the whole batch is
+        self._waiters = {}
         self._timer = None
         self._first_at = None  # clock time of the oldest change not yet written
         self._writing = None  # Deferred of the transaction in flight
@@ -61,6 +65,7 @@ class SubscriptionJournal:
         self.writes = statistics.counter("store", "writes")
         self.rows_written = statistics.counter("store", "changes_written")
         self.write_failures = statistics.counter("store", "write_failures")
+        self.changes_rejected = statistics.counter("store", "changes_rejected")
         statistics.gauge("store", "pending", lambda: len(self._changes))
 
     # -- changes ------------------------------------------------------------
@@ -86,7 +91,7 @@ class SubscriptionJournal:
             self._first_at = self.clock.seconds()
         self._changes[key] = change
         waiter = Deferred()
-        self._waiters.append(waiter)
+        self._waiters.setdefault(key, []).append(waiter)
         if self._writing is None and self._timer is None:
             self._timer = self.clock.callLater(self.batch_delay, self._flush)
         return waiter
@@ -98,10 +103,10 @@ class SubscriptionJournal:
         if self._writing is not None:
             return
         changes, waiters = self._changes, self._waiters
-        self._changes, self._waiters = {}, []
+        self._changes, self._waiters = {}, {}
         self._first_at = None
         if not changes:
-            for waiter in waiters:  # flush() callers with nothing left to write
+            for waiter in waiters.get(None, ()):  # flush() callers, nothing left to write
                 waiter.callback(None)
             return
         puts = [row for kind, row in changes.values() if kind == _PUT]
@@ -114,12 +119,20 @@ class SubscriptionJournal:
                                    callbackArgs=(len(changes), waiters),
                                    errbackArgs=(len(changes), waiters))
 
-    def _written(self, _, count, waiters):
+    def _written(self, rejected, count, waiters):
         self._writing = None
         self.writes.value += 1
-        self.rows_written.value += count
-        for waiter in waiters:
-            waiter.callback(None)
+        self.rows_written.value += count - len(rejected or ())
+        for key, reason in rejected or ():
+            self.changes_rejected.value += 1
+            self._errors.warn("subscription store {path}: {destination} of {event} not "
+                              "written: {reason}", path=str(self.database.path),
+                              event=key[0][:80], destination=key[1][:120], reason=reason)
+            for waiter in waiters.pop(key, ()):
+                waiter.errback(StoreWriteError(reason))
+        for batch in waiters.values():
+            for waiter in batch:
+                waiter.callback(None)
         self._next()
 
     def _failed(self, failure, count, waiters):
@@ -129,8 +142,9 @@ class SubscriptionJournal:
         self._errors.warn("subscription store {path}: {count} change(s) not written: "
                           "{reason}", path=str(self.database.path), count=count,
                           reason=reason)
-        for waiter in waiters:
-            waiter.errback(StoreWriteError(reason))
+        for batch in waiters.values():
+            for waiter in batch:
+                waiter.errback(StoreWriteError(reason))
         self._next()
 
     def _next(self):
@@ -155,7 +169,7 @@ class SubscriptionJournal:
         if not self._changes and self._writing is None:
             return succeed(None)
         done = Deferred()
-        self._waiters.append(done)
+        self._waiters.setdefault(None, []).append(done)
         if self._writing is None:
             self._flush()
         return done
