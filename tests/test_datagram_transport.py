@@ -190,3 +190,18 @@ def test_udp_closed_port_is_counted_against_the_right_subscriber(datagram_evi):
         assert dead_sub.failed >= 4 and dead_sub.last_error.startswith("Connection refused")
     finally:
         live.close()
+
+
+def test_udp_refused_notification_has_one_outcome(datagram_evi):
+    # A datagram refused by ICMP was counted as sent when it left; once the
+    # refusal is learnt it is a failure instead, never both.
+    dead = udp_receiver()
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    result_of(datagram_evi.subscribe("E_TEST", "udp:127.0.0.1:%d" % dead_port))
+    sub = datagram_evi.event("E_TEST").subscriptions[("127.0.0.1", dead_port)]
+    for n in range(4):
+        result_of(datagram_evi.raise_event("E_TEST", {"n": n}))
+        # every notification has exactly one outcome
+        assert sub.sent + sub.failed + sub.dropped == n + 1
+    assert sub.failed >= 2

@@ -177,9 +177,13 @@ class _DatagramSender(Service):
                 self._refused[key] = self._refused.get(key, 0) + 1
 
     def _refused_earlier(self, sub, address):
-        # An earlier notification to this subscriber was refused: count it
-        # against the subscriber now (this raise's datagram is still sent).
+        # An earlier notification to this subscriber was refused: it was
+        # counted as sent when it left, and is now a failure instead (one
+        # notification, one outcome; this raise's datagram is still sent).
+        # The transport's notifications_sent stays as it was: a Prometheus
+        # counter must never go down, so there it counts datagrams that left.
         count = self._refused.pop(address)
+        sub.sent -= min(count, sub.sent)
         sub.failure(REFUSED, count)
         self.counters.failed.value += count
 
