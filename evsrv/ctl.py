@@ -414,6 +414,26 @@ def _report(reply: Reply, raw: bool) -> int:
     return EXIT_OK if reply.ok else EXIT_ERROR
 
 
+def _hint(options, reply: Reply):
+    """
+    What to do instead, for an error the command line itself caused. The
+    server's reply stays OpenSIPS' own bytes (C{400 Bad Params}, no reason):
+    the advice is the client's.
+    """
+    if reply.kind != "error" or options.json is not None or options.command not in (
+            "raise_event", "evi:raise") or len(options.args) != 2:
+        return None
+    error = reply.value if isinstance(reply.value, dict) else {}
+    if error.get("code") != 400 or error.get("message") != "Bad Params":
+        return None
+    if options.args[1].lstrip().startswith("["):
+        event = json.dumps(options.args[0])
+        return (f"a params ARG is sent as a string, which must hold a JSON object; for an "
+                f"array of values use -j: evsrv-ctl raise_event -j "
+                f"'{{\"event\":{event},\"params\":{options.args[1].strip()}}}'")
+    return "the params ARG must be a JSON object, e.g. '{\"ip\":\"10.0.0.1\"}'"
+
+
 def _warn(message: str):
     _write(sys.stderr, f"evsrv-ctl: {message}\n")
 
@@ -633,7 +653,11 @@ def main(argv=None) -> int:
         with _client(options) as client:
             reply = client.call(options.command,
                                 request_params(options.command, options.args, options.json))
-        return _report(reply, options.raw)
+        status = _report(reply, options.raw)
+        hint = _hint(options, reply)
+        if hint:
+            _warn(hint)
+        return status
     except CtlError as e:
         _warn(str(e))
         return e.status

@@ -219,6 +219,29 @@ def test_raise_event_with_object_string(evsrv, run):
         sink.close()
 
 
+def test_an_array_as_params_arg_says_to_use_j(evsrv, run):
+    sink = udp_receiver()
+    try:
+        mi(evsrv.udp, "event_subscribe", ["E_TEST", "udp:%s:%d" % sink.getsockname()])
+        status, out, err = run("-a", addr_text(evsrv.udp), "raise_event", "E_TEST",
+                               '["a","b"]')
+        assert status == 1 and out == ""
+        # the server's answer stays OpenSIPS' bytes; the advice is evsrv-ctl's
+        assert err.startswith("error 400: Bad Params\n"), err
+        hint = ("evsrv-ctl: a params ARG is sent as a string, which must hold a JSON object; "
+                "for an array of values use -j: evsrv-ctl raise_event -j "
+                "'{\"event\":\"E_TEST\",\"params\":[\"a\",\"b\"]}'\n")
+        assert err.endswith(hint), err
+        # and the advice works
+        command = hint.split("use -j: evsrv-ctl ")[1].strip()
+        status, out, err = run("-a", addr_text(evsrv.udp), "raise_event", "-j",
+                               command.split(" -j ")[1].strip("'"))
+        assert (status, out, err) == (0, "OK\n", "")
+        assert sink.recv(65536) == b'{"jsonrpc":"2.0","method":"E_TEST","params":["a","b"]}'
+    finally:
+        sink.close()
+
+
 def test_json_params(evsrv, run):
     """
     -j gives the params as a JSON array or object; options may follow COMMAND.
