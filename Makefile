@@ -1,7 +1,9 @@
 # The two commands of the README: `make run` and `make test`. Both create
 # .venv (Python 3.11+) and install what they need; nothing else is required.
+# Another Python in its own venv (.ci/run tests the oldest and the newest):
+#   make test PYTHON=python3.13 VENV=.venv-3.13
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
@@ -24,6 +26,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= evsrv $(if $(CONFIG),-c $(CONFIG))
 
+# Pick tests with PYTEST_ARGS, quoted as one make argument:
+#   make test PYTEST_ARGS='-k expiry'
+# (not `PYTEST_ARGS=-k expiry make test`: the shell would run a program named
+# `expiry` with PYTEST_ARGS=-k in its environment).
 # tools/ensure-rabbitmq starts the local RabbitMQ when one is installed but not
 # running; without a broker the AMQP tests skip (CI sets EVSRV_REQUIRE_BROKER=1
 # to make them fail instead).

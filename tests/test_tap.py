@@ -4,15 +4,21 @@ Launching: the twistd plugin, Options, and start-up errors (one line, exit 1).
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
+from twisted.logger import globalLogPublisher
 from twisted.plugin import IPlugin, getPlugins
 
-from evsrv.tap import Options
-from tests.conftest import BASE_INI, ROOT
+from evsrv import __version__
+from evsrv.tap import Options, production_config
+from tests.conftest import BASE_INI, ROOT, make_config
 
 
 def run_server(args, cwd, timeout=20):
@@ -121,3 +127,151 @@ def test_stale_unix_socket_is_replaced(server_process):
     second = server_process()
     reply = mi_call(second.udp, "which")
     assert "event_subscribe" in reply["result"]
+
+
+def test_version_names_evsrv_then_twisted(capsys):
+    import twisted
+    with pytest.raises(SystemExit) as stop:
+        Options().parseOptions(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"evsrv {__version__}", f"Twisted {twisted.__version__}, Python {sys.version.split()[0]}"]
+
+
+def test_print_config_prints_the_production_ini(capsys):
+    with pytest.raises(SystemExit) as stop:
+        Options().parseOptions(["--print-config"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == production_config()
+    assert "--print-config" in str(Options())
+
+
+def test_production_ini_is_valid(tmpdir_short):
+    # its directories exist only under systemd (RuntimeDirectory,
+    # StateDirectory): moved under a scratch directory, it must load as is
+    text = production_config()
+    for path in ("/run/evsrv", "/var/lib/evsrv"):
+        assert path in text
+        (tmpdir_short / path.strip("/")).mkdir(parents=True)
+        text = text.replace(path, str(tmpdir_short / path.strip("/")))
+    config = make_config(text, tmpdir_short)
+    assert config.mi.unix == [tmpdir_short / "run" / "evsrv" / "mi.sock"]
+    assert config.store.directory == tmpdir_short / "var" / "lib" / "evsrv"
+    assert config.script is None
+    assert config.http.listen == ("127.0.0.1", 8888)
+
+
+def _listener_lines(server_factory, text):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        server_factory(text)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e for e in events if "listening on" in e.get("log_format", "")]
+
+
+HTTP_INI = BASE_INI + "[http]\nlisten = 127.0.0.1:0\n"
+
+
+def test_start_up_names_every_listener(server_factory, tmpdir_short):
+    from twisted.logger import formatEvent
+    lines = [formatEvent(e) for e in _listener_lines(server_factory, HTTP_INI)]
+    base = re.match(r"HTTP listening on (http://127\.0\.0\.1:\d+)/", lines[2]).group(1)
+    assert re.fullmatch(r"MI listening on udp:127\.0\.0\.1:\d+", lines[0])
+    assert lines[1:] == [f"MI listening on unix:{tmpdir_short / 'mi.sock'}",
+                         f"HTTP listening on {base}/mi (MI)",
+                         f"HTTP listening on {base}/metrics (metrics)",
+                         f"HTTP listening on {base}/status (status page)"]
+
+
+@pytest.mark.parametrize("paths, served", [
+    ("mi_path =\nstatus_path =\n", "/metrics (metrics)"),
+    ("mi_path =\nstatus_path =\nmetrics_path =\n",
+     "/ (nothing: mi_path, metrics_path and status_path are off)"),
+])
+def test_start_up_lists_only_what_the_site_serves(server_factory, paths, served):
+    from twisted.logger import formatEvent
+    lines = [formatEvent(e) for e in _listener_lines(server_factory, HTTP_INI + paths)
+             if e["log_format"].startswith("HTTP")]
+    assert len(lines) == 1 and lines[0].endswith(served), lines
+
+
+LOG_LEVEL_INI = BASE_INI + "[http]\nlisten = 127.0.0.1:0\n[store]\nbackend = none\n"
+
+
+def _start(argv, log_path, cwd, deadline=20.0):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    with open(cwd / "stdout.log", "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=str(cwd))
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if "started:" in text:
+            return process, text
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError("evsrv did not start:\n" + (cwd / "stdout.log").read_text())
+
+
+# Under each runner, a failed unix send and an HTTP request, both logged at
+# debug: shown only when asked for (twist --log-level=debug), never by
+# default, twistd included (which has no --log-level).
+RUNNERS = {
+    "twistd": (["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="],
+               "stdout.log", False),
+    "twistd --logfile": (["-c", "from twisted.scripts.twistd import run; run()", "-n",
+                          "--pidfile=", "--logfile=evsrv.log"], "evsrv.log", False),
+    "twist": (["-m", "twisted", "--log-format=text"], "stdout.log", False),
+    "twist --log-level=debug": (["-m", "twisted", "--log-format=text", "--log-level=debug"],
+                                "stdout.log", True),
+}
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_debug_lines_only_when_asked_for(tmpdir_short, runner):
+    args, log_name, debug = RUNNERS[runner]
+    ini = tmpdir_short / "evsrv.ini"
+    ini.write_text(LOG_LEVEL_INI)
+    log_path = tmpdir_short / log_name
+    process, text = _start([sys.executable, *args, "evsrv", "-c", str(ini)], log_path,
+                           tmpdir_short)
+    try:
+        udp = re.search(r"MI listening on udp:([0-9.]+):(\d+)", text)
+        udp = (udp.group(1), int(udp.group(2)))
+        status = re.search(r"HTTP listening on (\S+/status) ", text).group(1)
+        dead = f"unix:{tmpdir_short / 'nobody.sock'}"
+        assert mi_call(udp, "event_subscribe", ["E_TEST", dead, 60])["result"] == "OK"
+        assert mi_call(udp, "raise_event", ["E_TEST", {"n": 1}])["result"] == "OK"
+        with urllib.request.urlopen(status, timeout=5) as response:
+            assert response.status == 200
+        # the send did fail (so that its debug line was emitted)
+        reply = mi_call(udp, "subscribers_stats")
+        assert '"failed": 1' in json.dumps(reply["result"]), reply
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    text = log_path.read_text()
+    assert "subscribed to E_TEST" in text  # info is there
+    debug_lines = [line for line in text.splitlines() if "#debug]" in line]
+    if debug:
+        assert any("send to " + dead + " failed" in line for line in debug_lines), text
+        assert any("HTTP GET /status 200" in line for line in debug_lines), text
+    else:
+        assert not debug_lines, text
+    if log_name != "stdout.log":  # --logfile still honoured: nothing on stdout
+        assert "started:" not in (tmpdir_short / "stdout.log").read_text()
+
+
+def test_the_evsrv_command_leaves_the_reactor_to_twist():
+    # `evsrv --reactor=NAME` works only if nothing installed the default
+    # reactor before twist parses its options
+    check = subprocess.run(
+        [sys.executable, "-c", "import sys, evsrv.run, evsrv.__main__; "
+                               "sys.exit('twisted.internet.reactor' in sys.modules)"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr

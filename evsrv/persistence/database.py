@@ -113,7 +113,9 @@ class SubscriptionDatabase:
         # directory must be writable, not only the file.
         for where in (directory, self.path):
             if where.exists() and not os.access(where, os.W_OK):
-                raise _not_writable(where, "permission denied")
+                read_only = os.statvfs(where).f_flag & os.ST_RDONLY
+                raise _not_writable(where, "read-only file system" if read_only
+                                    else "permission denied")
         try:
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
