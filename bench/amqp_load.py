@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, reactor, task  # noqa: E402
 
 from evsrv.evi import EventInterface  # noqa: E402
-from evsrv.statistics import Statistics  # noqa: E402
+from evsrv.util.statistics import Statistics  # noqa: E402
 from evsrv.transports.datagram import UDPTransport  # noqa: E402
 from evsrv.transports.rabbitmq import RabbitMQTransport  # noqa: E402
 

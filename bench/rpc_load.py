@@ -109,7 +109,7 @@ def run_case(name, seconds):
     from twisted.internet.task import deferLater
 
     from evsrv.evi import EventInterface
-    from evsrv.statistics import Statistics
+    from evsrv.util.statistics import Statistics
     from evsrv.transports import TransportContext
 
     statistics = Statistics()

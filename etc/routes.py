@@ -3,7 +3,7 @@
 # Loaded by etc/evsrv.ini ([script] path = routes.py). The functions used
 # below (startup_route, timer_route, event_route, route, raise_event,
 # subscribe_event, get_statistic, log, ...) are put in this file's namespace
-# by evsrv; see the README's "Routing script" section. Edit it and run
+# by evsrv; see docs/scripting.md, "Routing script". Edit it and run
 # `evsrv-ctl reload_routes` to apply changes without losing MI subscriptions.
 
 # Where the examples send their notifications; `nc -kul 127.0.0.1 8888` shows them.

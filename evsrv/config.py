@@ -9,14 +9,17 @@ directory for the embedded default).
 """
 
 import configparser
+import grp
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
-from evsrv.coercers import seconds as _seconds
+from evsrv.util.coercers import seconds as _seconds
 from evsrv.evi.events import MAX_EVENT_NAME
-from evsrv.netlist import LOOPBACK, NetworkList
+from evsrv.util.hostport import parse_host_port
+from evsrv.util.netlist import LOOPBACK, NetworkList
 
 # Published by the core, in OpenSIPS 3.x order; E_CORE_LOG comes after the
 # events of the ini, as OpenSIPS publishes it after the script's.
@@ -152,18 +155,8 @@ class Config:
 
 
 def _udp_address(text: str) -> tuple:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {text.strip()!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not isIPv6Address(host):
-            raise ValueError(f"bad IPv6 address {host!r}")
-    elif not isIPAddress(host):
-        raise ValueError(f"bad IPv4 address {host!r} (use [v6] for IPv6)")
-    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ValueError(f"bad port {port!r}")
-    return host, int(port)
+    # a listener binds an address: an IP literal
+    return parse_host_port(text, names=False)
 
 
 def _list(text: str) -> list:
@@ -213,7 +206,6 @@ def _request_size(text: str) -> int:
 
 
 def _user(text: str) -> str | None:
-    import pwd
     if not text:
         return None
     try:
@@ -224,7 +216,6 @@ def _user(text: str) -> str | None:
 
 
 def _group(text: str) -> str | None:
-    import grp
     if not text:
         return None
     try:

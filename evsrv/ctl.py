@@ -79,6 +79,7 @@ import urllib.error
 import urllib.request
 
 from evsrv import __version__
+from evsrv.util.hostport import parse_host_port
 
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 DEFAULT_TIMEOUT = 2.0
@@ -123,16 +124,11 @@ class Reply:
 
 def split_host_port(text: str):
     """
-    C{HOST:PORT} or C{[IPv6]:PORT} as C{(host, port)}.
+    C{HOST:PORT} or C{[IPv6]:PORT} as C{(host, port)} (HOST may be a name).
 
     @raise ValueError: malformed.
     """
-    host, sep, port = text.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    return parse_host_port(text)
 
 
 def udp_socket_text(host: str, port: int) -> str:

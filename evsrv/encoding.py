@@ -9,14 +9,17 @@ in, like OpenSIPS copying raw bytes.
 
 import json
 
-from evsrv._wire import from_bytes, to_bytes  # noqa: F401 (re-exported)
-from evsrv.evi.params import Params
+from evsrv.util.wire import from_bytes, to_bytes  # noqa: F401 (re-exported)
 
 # Compact JSON with the escaping OpenSIPS' cJSON uses: only '"', '\\' and
 # control characters are escaped, '/' and non-ASCII characters are written raw.
 # One difference, on purpose: NUL becomes \u0000 where cJSON would cut the string.
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 _encode = _encoder.encode
+
+# A raise's parameters: a tuple of (name, value) pairs (evsrv.evi.params.Param),
+# name None for an unnamed one. Only their shape is needed here.
+Params = tuple
 
 
 def dumps(value) -> bytes:

@@ -30,6 +30,8 @@ reactor was stopped without a signal.
 
 from twisted.logger import Logger
 
+from evsrv.util.twisted_private import replace_exit_with_signal
+
 OK = 0
 NOT_PERSISTED = 74  # EX_IOERR
 UNDELIVERED = 75    # EX_TEMPFAIL
@@ -38,11 +40,6 @@ UNDELIVERED = 75    # EX_TEMPFAIL
 _RANK = {OK: 0, UNDELIVERED: 1, NOT_PERSISTED: 2}
 
 _log = Logger(namespace="evsrv.exitstatus")
-
-# (module name, attribute) of every caller of Twisted's re-raise of the signal
-_HOOKS = (("twisted.application.app", "_exitWithSignal"),
-          ("twisted.application.twist._twist", "_exitWithSignal"))
-
 
 class _State:
     recorded = None   # the worst status recorded, or None
@@ -96,25 +93,11 @@ def install():
     if _state.installed:
         return
     _state.installed = True
-    import importlib
-    missing = []
-    for module_name, attribute in _HOOKS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(module_name)
-            continue
-        original = getattr(module, attribute, None)
-        if original is None:
-            missing.append(f"{module_name}.{attribute}")
-            continue
-        if getattr(original, "_evsrv_original", None) is not None:
-            continue  # already ours
-
-        def replacement(sig, _original=original):
-            return exit_with_status(sig, _original)
-        replacement._evsrv_original = original
-        setattr(module, attribute, replacement)
+    def make_replacement(original):
+        def replacement(sig):
+            return exit_with_status(sig, original)
+        return replacement
+    missing = replace_exit_with_signal(make_replacement)
     if missing:
         _log.warn("exit status: this Twisted has no {names}; a process stopped by a signal "
                   "dies by it instead of exiting with 0/74/75", names=", ".join(missing))

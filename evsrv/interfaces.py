@@ -21,6 +21,30 @@ class DestinationRefused(BadSocket):
     """
 
 
+class StoreWriteError(Exception):
+    """
+    A subscription change could not be stored (the disk failed, or the
+    change itself cannot be written); the MI answers 500 "Subscription not
+    stored". Raised by the subscription journal (L{evsrv.persistence}).
+    """
+
+
+class PluginConfigError(ValueError):
+    """
+    Raised by a plugin factory's C{build} when its settings cannot be used
+    together (a file a setting names is missing, say). The server reports
+    it as a configuration error naming the ini file, the plugin's section
+    and C{key}.
+
+    @ivar key: the ini key at fault, or C{None} for the section as a whole.
+    """
+
+    def __init__(self, key, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 class LimitExceeded(Exception):
     """
     A C{[limits]} value would be exceeded; the message names the limit and

@@ -14,9 +14,11 @@ usage error (as twist).
 
 import sys
 
+from twisted.logger import InvalidLogLevelError, LogLevel
 from twisted.python import usage
 
-from evsrv import tap
+from evsrv import exitstatus, tap
+from evsrv.util.twisted_private import twist_main, twist_option_help
 
 # twist's options that take a value (they may be written --opt=VALUE or --opt VALUE)
 _TWIST_OPTIONS = ("--log-format", "--log-level", "--log-file", "--reactor")
@@ -50,11 +52,9 @@ def _twist_option(name):
     A stand-in for twist's option C{name}: same help text (twist's own);
     twist itself takes the value later, and checks it then.
     """
-    from twisted.application.twist._options import TwistOptions
-
     def option(self, value):
         self.twist_options[name] = value
-    option.__doc__ = getattr(TwistOptions, f"opt_{name}").__doc__
+    option.__doc__ = twist_option_help(name)
     return option
 
 
@@ -81,7 +81,6 @@ class CommandOptions(tap.Options):
         # checked here, where a mistake can be shown with evsrv's own usage;
         # --log-file and --reactor are left to twist (checking them would
         # open the file or install the reactor)
-        from twisted.logger import InvalidLogLevelError, LogLevel
         if "log_level" in self.twist_options:
             try:
                 LogLevel.levelWithName(self.twist_options["log_level"])
@@ -102,15 +101,12 @@ def main(argv=None):
         sys.stderr.write(f"Error: {e}\n\n{options}\n")
         raise SystemExit(EX_USAGE) from None
 
-    from twisted.application.twist._twist import Twist
-
-    from evsrv import exitstatus
     twist, plugin = split_arguments(argv)
     # Stopped by SIGTERM/SIGINT, Twist.main ends with the shutdown's exit
     # status itself (see evsrv.exitstatus); stopped otherwise (reactor.stop()
     # from code), it returns and the status is applied here.
     exitstatus.install()
-    Twist.main(["evsrv", *twist, "evsrv", *plugin])
+    twist_main(["evsrv", *twist, "evsrv", *plugin])
     status = exitstatus.recorded()
     if status:
         raise SystemExit(status)

@@ -16,7 +16,7 @@ from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface
 from evsrv.evi.expiry import ExpiryService
 from evsrv.http.site import HTTPListenError, HTTPService, build_site
-from evsrv.interfaces import IEventTransportFactory, IModule
+from evsrv.interfaces import IEventTransportFactory, IModule, PluginConfigError
 from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
 from evsrv.modules import ModuleContext
@@ -24,11 +24,12 @@ from evsrv.mi.dispatch import MIDispatcher
 from evsrv.persistence import (StoreError, StoreNotWritable, SubscriptionDatabase,
                                 SubscriptionJournal)
 from evsrv.persistence.database import move_aside
-from evsrv.policy import DestinationPolicy
+from evsrv.evi.policy import DestinationPolicy
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
                                listen_unix)
 from evsrv.script import ScriptLoadError, ScriptRunner
-from evsrv.statistics import Statistics
+from evsrv.shutdown import stop_server
+from evsrv.util.statistics import Statistics
 from evsrv.transports import TransportContext
 
 
@@ -65,7 +66,10 @@ class EvsrvService(MultiService):
         self.transports = {}
         by_scheme = {}
         for name, settings in config.transports.items():
-            transport = factories[name].build(settings, context)
+            try:
+                transport = factories[name].build(settings, context)
+            except PluginConfigError as e:
+                raise ConfigError(config.source, f"transport:{name}", e.key, e.message) from None
             self.transports[name] = transport
             for scheme in transport.schemes:
                 by_scheme[scheme] = transport
@@ -99,7 +103,10 @@ class EvsrvService(MultiService):
         factories = module_factories() if modules is None else modules
         self.modules = {}
         for name, settings in config.modules.items():
-            module = factories[name].build(settings, module_context)
+            try:
+                module = factories[name].build(settings, module_context)
+            except PluginConfigError as e:
+                raise ConfigError(config.source, f"module:{name}", e.key, e.message) from None
             self.modules[name] = module
             if IService.providedBy(module):
                 module.setServiceParent(self)
@@ -329,5 +336,4 @@ class EvsrvService(MultiService):
         flush what the transports hold for up to C{[shutdown] timeout}
         seconds, persist state, and report what could not be delivered.
         """
-        from evsrv.shutdown import stop_server
         return stop_server(self, super().stopService)

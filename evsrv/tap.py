@@ -7,11 +7,16 @@ import platform
 import sys
 from importlib import resources
 
+from twisted import __version__ as twisted_version
+from twisted.application.app import ServerOptions
+from twisted.logger import (FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper, LogLevel,
+                            LogLevelFilterPredicate)
 from twisted.python import usage
 
 from evsrv import __version__
 from evsrv.config import ConfigError, read_config
 from evsrv.server import EvsrvService, module_factories, transport_factories
+from evsrv.util.twisted_private import twistd_default_log_observer
 
 
 def production_config() -> str:
@@ -25,7 +30,6 @@ def version_text() -> str:
     """
     What C{--version} prints: evsrv's version, then what it runs on.
     """
-    from twisted import __version__ as twisted_version
     return (f"evsrv {__version__}\n"
             f"Twisted {twisted_version}, Python {platform.python_version()}\n")
 
@@ -92,7 +96,7 @@ _twistd = {"options": None}
 
 
 def _filter_twistd_log(parent):
-    from twisted.application.app import ServerOptions  # twistd's (twist has its own)
+    # twistd's options (twist has its own)
     if not isinstance(parent, ServerOptions) or parent.get("logger"):
         return
     _twistd["options"] = parent
@@ -104,13 +108,9 @@ def twistd_log_observer():
     twistd's own log observer (C{--logfile}, C{--syslog} or stdout), showing
     C{info} and above as C{twist} does by default.
     """
-    from twisted.logger import (FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper,
-                                LogLevel, LogLevelFilterPredicate)
-    from twisted.scripts.twistd import _SomeApplicationRunner
-
-    # _getLogObserver is what twistd's AppLogger.start calls when no --logger
-    # is given; tests/test_tap.py fails if a later Twisted changes it
-    observer = _SomeApplicationRunner.loggerFactory(_twistd["options"])._getLogObserver()
+    # what twistd's AppLogger.start would use without --logger;
+    # tests/test_tap.py fails if a later Twisted changes it
+    observer = twistd_default_log_observer(_twistd["options"])
     if not ILogObserver.providedBy(observer):
         observer = LegacyLogObserverWrapper(observer)  # --syslog's is a legacy one
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(LogLevel.info)])
@@ -122,7 +122,7 @@ def makeService(options, reactor=None):
     ends start-up with one line on stderr and exit status 1.
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # the global one: installed only when needed
     try:
         config = read_config(options["config"], transport_factories(), module_factories())
         service = EvsrvService(config, reactor, ignore_store=bool(options["ignore-store"]))

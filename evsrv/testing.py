@@ -20,7 +20,7 @@ from evsrv.evi import EventInterface
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 
 
 @implementer(IEventTransport)

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.transports.datagram import UDPTransport, UNIXTransport
 from tests.conftest import udp_receiver
 from tests.test_evi import result_of

@@ -20,7 +20,7 @@ from evsrv.encoding import flatstore_line
 from evsrv.evi import EventInterface
 from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.transports.flatstore import FlatstoreTransport, _delimiter, split_line
 from tests.conftest import BASE_INI, udp_receiver
 from tests.test_evi import result_of

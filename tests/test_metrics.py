@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from evsrv.http.metrics import EvsrvCollector, metric_name
 from evsrv.mi.controller import Command, MIController, MIError
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.testing import memory_evi
 from tests.test_http_mi import HTTP_INI, Client, rpc
 

@@ -26,8 +26,8 @@ from evsrv.config import ConfigError
 from evsrv.mi.controller import MIController, MIError
 from evsrv.mi.dispatch import MIDispatcher, Refusal
 from evsrv.mi.protocol import ListenError, MIDatagramProtocol, listen_unix
-from evsrv.netlist import NetworkList
-from evsrv.statistics import Statistics
+from evsrv.util.netlist import NetworkList
+from evsrv.util.statistics import Statistics
 from tests.conftest import DatagramCollector, until
 from tests.test_http_mi import RawReply
 

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from evsrv.mi.controller import Command, MIController, MIError
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 
 
 def controller_with(handler, timeout=10.0):

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from evsrv.netlist import LOOPBACK, NetworkList, embedded_ipv4, ip_address
+from evsrv.util.netlist import LOOPBACK, NetworkList, embedded_ipv4, ip_address
 
 
 def test_membership_of_text_and_addresses():

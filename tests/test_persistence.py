@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from evsrv.persistence import StoreError, StoreWriteError, SubscriptionDatabase, \
     SubscriptionJournal
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.testing import memory_evi
 from tests.conftest import BASE_INI, ROOT
 

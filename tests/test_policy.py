@@ -23,10 +23,10 @@ from evsrv import ctl
 from evsrv.config import DEFAULT_DENIED_DESTINATIONS, parse_config
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport
-from evsrv.netlist import NetworkList
-from evsrv.policy import DestinationPolicy
+from evsrv.util.netlist import NetworkList
+from evsrv.evi.policy import DestinationPolicy
 from evsrv.server import EvsrvService, module_factories, transport_factories
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.testing import RecordingTransport
 from evsrv.transports import rabbitmq
 from evsrv.transports.factories import TransportFactory

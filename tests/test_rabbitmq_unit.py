@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.transports.rabbitmq import (DOWN, READY, STOPPED, BrokerRefused, PublishDropped,
                                        PublishNacked, RabbitMQTransport, amqp_spec,
                                        parse_socket, rabbitmqTransport)

@@ -24,7 +24,7 @@ from evsrv import exitstatus
 from evsrv.mi.protocol import ListeningPorts
 from evsrv.shutdown import (DRAIN_GRACE, DRAIN_POLL, NO_REPORT, DrainResult, stop_server,
                             wait_drained)
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.transports import TransportCounters
 from tests import test_rabbitmq_unit as rabbit_t
 from tests import test_stream_transport as stream_t

@@ -21,7 +21,7 @@ from evsrv.evi import EventInterface
 from evsrv.evi.notification import Notification, Outcome
 from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.config import ConfigError
 from evsrv.transports.stream import ReplyParser, StreamTransport, tcpTransport
 from tests.conftest import BASE_INI, make_config

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.testing import RecordingTransport
 from evsrv.transports.stream import StreamTransport, tcpTransport
 from evsrv.transports.virtual import VirtualKey, VirtualTransport

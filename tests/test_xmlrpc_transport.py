@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from evsrv.evi import EventInterface
 from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 from evsrv.transports.xmlrpc import (
     ANSWER_LIMIT, HEAD_LIMIT, IDLE_TIMEOUT, XMLRPCTransport, xmlrpc_arguments, xmlrpcTransport)
 from tests.conftest import until

@@ -4,7 +4,7 @@ The events table: names with dense numeric ids in publication order (spec §1.1)
 """
 
 from twisted.logger import Logger
-from evsrv._wire import to_bytes
+from evsrv.util.wire import to_bytes
 
 MAX_EVENT_NAME = 64
 

@@ -17,7 +17,7 @@ from evsrv.evi.subscriptions import SubscriptionStore
 from evsrv.interfaces import BadSocket, LimitExceeded
 
 # Bytes that are not UTF-8 travel inside evsrv as lone surrogates
-# (evsrv._wire); a JSON \udc80 escape decodes to one too.
+# (evsrv.util.wire); a JSON \udc80 escape decodes to one too.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_NESTED_RAISES = 100  # as OpenSIPS' MAX_REC_LEV
 SWEEP_LIMIT = 10000  # expirations per sweep; more wait for the next tick
@@ -45,7 +45,7 @@ class EventInterface:
     """
     @param clock: C{IReactorTime} provider used for subscription times.
     @param transports: mapping of scheme to L{IEventTransport}.
-    @param statistics: L{evsrv.statistics.Statistics}.
+    @param statistics: L{evsrv.util.statistics.Statistics}.
     """
     _log = Logger()
 
@@ -67,7 +67,7 @@ class EventInterface:
         # the last raises as (time, name, params, DeliveryReport), for the
         # HTTP status page; maxlen 0 (nothing kept) unless the server sets it
         self.recent_raises = collections.deque(maxlen=0)
-        # evsrv.policy.DestinationPolicy (or None): check(destination,
+        # evsrv.evi.policy.DestinationPolicy (or None): check(destination,
         # transport) returns the destination, or raises DestinationRefused
         self.destination_policy = None
         # evsrv.persistence.SubscriptionJournal (or None): MI subscriptions

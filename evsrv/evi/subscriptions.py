@@ -84,10 +84,6 @@ class Subscription:
         return key if type(key) is str else self.transport.describe(key)
 
     @property
-    def subscribed_at(self):
-        return None if self.deadline is None else self.deadline - self.expire
-
-    @property
     def failed(self) -> int:
         return self._failures.failed if self._failures else 0
 

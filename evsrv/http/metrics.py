@@ -25,6 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.resource import Resource
 
+from evsrv.http.mi import method_not_allowed
+
 _NOTIFICATIONS = re.compile(r"evi_(.+):notifications_(sent|failed|dropped)\Z")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -156,7 +158,6 @@ class MetricsResource(Resource):
         self.registry.register(EvsrvCollector(statistics, evi, controller))
 
     def render(self, request):
-        from evsrv.http.mi import method_not_allowed
         if request.method not in (b"GET", b"HEAD"):
             return method_not_allowed(request, b"GET", b"HEAD")
         return self.render_GET(request)

@@ -41,7 +41,7 @@ from twisted.web.server import Request, Site
 from evsrv.http.metrics import MetricsResource
 from evsrv.http.mi import MIResource
 from evsrv.http.status import StatusResource
-from evsrv.mi.protocol import RateLimitedLog
+from evsrv.util.ratelimit import RateLimitedLog
 
 _TOO_LARGE = b"413 Request body too large"
 _TIMED_OUT = b"408 Request Timeout"

@@ -25,6 +25,8 @@ from html import escape
 from twisted.web.resource import Resource
 
 from evsrv import __version__
+from evsrv.http.mi import method_not_allowed
+
 
 REFRESH = 5              # seconds between reloads of the page
 MAX_SUBSCRIBERS = 500    # rows of the subscribers table; the rest are counted
@@ -95,7 +97,6 @@ class StatusResource(Resource):
         self.clock = clock
 
     def render(self, request):
-        from evsrv.http.mi import method_not_allowed
         if request.method not in (b"GET", b"HEAD"):
             return method_not_allowed(request, b"GET", b"HEAD")
         nonce = b64encode(os.urandom(12)).decode()

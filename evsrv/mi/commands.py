@@ -13,8 +13,7 @@ from twisted.logger import Logger
 from evsrv import __version__
 from evsrv.evi import UnknownEvent
 from evsrv.evi.params import INT64_MAX, INT64_MIN, Param
-from evsrv.interfaces import BadSocket, LimitExceeded
-from evsrv.persistence import StoreWriteError
+from evsrv.interfaces import BadSocket, DestinationRefused, LimitExceeded, StoreWriteError
 from evsrv.mi import jsonrpc
 from evsrv.mi.controller import Command, MIError, Named, clamp, invalid_params
 
@@ -24,7 +23,6 @@ DEFAULT_EXPIRE = 3600
 
 
 def _bad_socket(failure, socket, event):
-    from evsrv.interfaces import DestinationRefused
     failure.trap(BadSocket)
     reason = failure.getErrorMessage()
     if failure.check(DestinationRefused):

@@ -7,7 +7,7 @@ and reply bytes.
 import json
 
 from evsrv import encoding
-from evsrv._wire import from_bytes
+from evsrv.util.wire import from_bytes
 from evsrv.mi.controller import INT32_MAX, INT32_MIN, MIError, Named, clamp
 
 PARSE_ERROR = b"400 Parse_error"
@@ -81,20 +81,6 @@ def compact(value) -> str:
         else:
             out.append(from_bytes(encoding.dumps(item)))
     return "".join(out)
-
-
-def plain(value):
-    """
-    A decoded value with objects turned into dicts (first key wins).
-    """
-    if isinstance(value, JSONObject):
-        out = {}
-        for k, v in value:
-            out.setdefault(k, plain(v))
-        return out
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 _MISSING = object()

@@ -18,42 +18,23 @@ C{mi:requests_filtered}).
 """
 
 import errno
+import grp
 import os
+import pwd
 import socket
 import stat
 
 from twisted.application.service import Service
+from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from evsrv.mi.dispatch import run_gates
+from evsrv.util.ratelimit import RateLimitedLog
 
 MAX_DATAGRAM = 65457  # OpenSIPS mi_datagram's default socket_buf_size
 RECEIVE_BUFFER = 4 * 1024 * 1024
-
-
-class RateLimitedLog:
-    """
-    Logs a repeated warning at most once per C{period} seconds, with the
-    number of occurrences suppressed in between.
-    """
-
-    def __init__(self, log, clock, period=10.0):
-        self.log = log
-        self.clock = clock
-        self.period = period
-        self._last = None
-        self._suppressed = 0
-
-    def warn(self, fmt, **kw):
-        now = self.clock.seconds()
-        if self._last is not None and now - self._last < self.period:
-            self._suppressed += 1
-            return
-        self._last = now
-        self.log.warn(fmt + " ({suppressed} similar messages suppressed)",
-                      suppressed=self._suppressed, **kw)
-        self._suppressed = 0
 
 
 class MIDatagramProtocol(DatagramProtocol):
@@ -145,7 +126,6 @@ def _tune_mi_port(port):
 
 
 def listen_udp(reactor, protocol, host: str, port: int):
-    from twisted.internet.error import CannotListenError
     try:
         listening = reactor.listenUDP(port, protocol, interface=host, maxPacketSize=65536)
     except CannotListenError as e:
@@ -182,8 +162,6 @@ def _owner_ids(path: str, owner, group):
     """
     C{(uid, gid)} for C{os.chown} from user and group names (-1: unchanged).
     """
-    import grp
-    import pwd
     try:
         uid = pwd.getpwnam(owner).pw_uid if owner else -1
     except KeyError:
@@ -204,7 +182,6 @@ def listen_unix(reactor, protocol, path: str, mode: int, owner=None, group=None)
         C{unix_owner} set while the server does not run as root); nothing is
         left listening and the socket file is removed.
     """
-    from twisted.internet.error import CannotListenError
     uid, gid = _owner_ids(path, owner, group)  # before bind: nothing to undo
     _clear_stale_socket(path)
     try:
@@ -244,7 +221,6 @@ class ListeningPorts(Service):
 
     def stopService(self):
         super().stopService()
-        from twisted.internet.defer import gatherResults, maybeDeferred
         d = gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
 

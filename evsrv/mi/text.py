@@ -8,7 +8,7 @@ C{<code> <reason>\\n} and node lines, with no trailing empty line.
 import re
 
 from evsrv.mi.controller import MIError
-from evsrv._wire import from_bytes, to_bytes
+from evsrv.util.wire import from_bytes, to_bytes
 
 NOT_AVAILABLE = b"500 command not available\n"
 PARSE_ERROR = b"400 parse_error\n"

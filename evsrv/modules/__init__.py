@@ -14,7 +14,7 @@ from pathlib import Path
 from zope.interface import implementer
 
 from evsrv.interfaces import IModule
-from evsrv.plugin_factory import PluginFactory
+from evsrv.util.plugin_factory import PluginFactory
 
 
 @dataclass

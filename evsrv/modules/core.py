@@ -23,7 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from evsrv.coercers import non_negative, positive
+from evsrv.util.coercers import non_negative, positive
 from evsrv.modules import ModuleFactory
 
 THRESHOLD = "E_CORE_THRESHOLD"

@@ -22,9 +22,9 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from evsrv.mi.controller import Command, MIError
+from evsrv.command import Command, MIError
 from evsrv.mi.dispatch import Refusal
-from evsrv.coercers import positive
+from evsrv.util.coercers import positive
 from evsrv.modules import ModuleFactory
 
 EVENT = "E_PIKE_BLOCKED"

@@ -19,18 +19,14 @@ written on its own account (text SQLite cannot hold) fails alone: the other
 changes of its batch are written and answered as usual.
 """
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from evsrv.mi.protocol import RateLimitedLog
+from evsrv.interfaces import StoreWriteError
+from evsrv.util.ratelimit import RateLimitedLog
 
 _PUT, _DELETE = "put", "delete"
-
-
-class StoreWriteError(Exception):
-    """
-    A batch could not be written; the change was not stored.
-    """
 
 
 class SubscriptionJournal:
@@ -48,8 +44,6 @@ class SubscriptionJournal:
         self.clock = clock
         self.batch_delay = batch_delay
         if run is None:
-            from twisted.internet.threads import deferToThreadPool
-
             def run(f, *args):
                 return deferToThreadPool(clock, clock.getThreadPool(), f, *args)
         self._run = run
@@ -192,5 +186,4 @@ class SubscriptionJournal:
 
 
 def _failed(reason):
-    from twisted.internet.defer import fail
     return fail(StoreWriteError(reason))

@@ -2,6 +2,7 @@
 The built-in transports as plugins.
 """
 
-from evsrv.transports.factories import routeTransport, unixTransport, udpTransport
+from evsrv.script.transport import routeTransport
+from evsrv.transports.datagram import udpTransport, unixTransport
 
 __all__ = ["udpTransport", "unixTransport", "routeTransport"]

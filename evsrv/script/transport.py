@@ -11,6 +11,7 @@ from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
 from evsrv.transports import TransportCounters
+from evsrv.transports.factories import TransportFactory
 
 
 @implementer(IEventTransport)
@@ -48,3 +49,12 @@ class RouteTransport:
         self.counters.sent.value += outcome.delivered
         self.counters.failed.value += outcome.failed
         return outcome
+
+
+def _build_route(settings, context):
+    return RouteTransport("route", context.statistics)
+
+
+routeTransport = TransportFactory(
+    "route", ("route",), {}, _build_route,
+    "the routing script's event routes (event_route)")

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from evsrv.interfaces import BadSocket
-from evsrv.statistics import Statistics
+from evsrv.util.statistics import Statistics
 
 
 @dataclass
@@ -143,13 +143,3 @@ def resolve_once(reactor, host: str, make, deadline: float = RESOLVE_DEADLINE):
         # a late answer after the deadline is ignored (the Deferred is cancelled)
         d.addTimeout(deadline, reactor)
     return d.addCallbacks(make, unresolved)
-
-
-def parse_host_port(text: str):
-    """
-    An ini coercer for C{HOST:PORT} (HOST may be empty or C{[v6]}).
-    """
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)

@@ -32,8 +32,10 @@ from zope.interface import implementer
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters, resolve_once
-from evsrv._wire import to_bytes
+from evsrv.transports import TransportCounters, choice, resolve_once
+from evsrv.transports.factories import TransportFactory
+from evsrv.util.hostport import parse_host_port
+from evsrv.util.wire import to_bytes
 
 _TRANSIENT = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 SEND_BUFFER = 4 * 1024 * 1024
@@ -260,3 +262,36 @@ class UNIXTransport(_DatagramSender):
 
     def _socket_for(self, address):
         return self._socket(socket.AF_UNIX)
+
+
+# -- plugins ----------------------------------------------------------------------
+
+def _source_address(text: str) -> tuple:
+    # HOST may be empty (any address), as in ":0"
+    return parse_host_port(text, empty_host=True)
+
+
+_FORMAT = ("json", choice("json", "text"),
+           "json: JSON-RPC notification (OpenSIPS 3.x); text: the 1.x name::value lines")
+
+
+def _build_udp(settings, context):
+    host, port = settings["source"]
+    return UDPTransport("udp", settings["format"], context.statistics, context.reactor,
+                        host, port)
+
+
+def _build_unix(settings, context):
+    return UNIXTransport("unix", settings["format"], context.statistics)
+
+
+udpTransport = TransportFactory(
+    "udp", ("udp",),
+    {"format": _FORMAT,
+     "source": (":0", _source_address,
+                "local address notifications are sent from (HOST:PORT; port 0 = any)")},
+    _build_udp, "UDP datagrams (event_datagram)")
+
+unixTransport = TransportFactory(
+    "unix", ("unix",), {"format": _FORMAT}, _build_unix,
+    "UNIX datagrams (event_datagram)")

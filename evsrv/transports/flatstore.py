@@ -47,11 +47,11 @@ from evsrv.encoding import flatstore_line
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.mi.controller import Command, MIError
-from evsrv.coercers import seconds
+from evsrv.command import Command, MIError
+from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
-from evsrv._wire import from_bytes
+from evsrv.util.wire import from_bytes
 
 _OPEN_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
                | getattr(os, "O_NOCTTY", 0)

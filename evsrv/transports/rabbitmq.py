@@ -78,6 +78,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -90,8 +91,10 @@ from txamqp.protocol import AMQClient
 from evsrv import __version__
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
-from evsrv.transports import TransportCounters, resolve_once
+from evsrv.interfaces import BadSocket, IEventTransport, PluginConfigError
+from evsrv.transports import TransportCounters, choice, resolve_once
+from evsrv.transports.factories import TransportFactory
+from evsrv.transports.kit import DrainResult
 
 SPEC_FILE = "amqp0-9-1.stripped.extended.xml"
 DEFAULT_PORT = 5672
@@ -117,6 +120,17 @@ def amqp_spec():
         with resources.as_file(resources.files("evsrv") / "specs" / SPEC_FILE) as path:
             _spec = amqp_spec_module.load(str(path))
     return _spec
+
+
+class TLSFilesError(ValueError):
+    """
+    The TLS files of [transport:rabbitmq] cannot be used. @ivar key: the
+    setting (C{tls_ca}, C{tls_cert} or C{tls_key}) whose file failed.
+    """
+
+    def __init__(self, key, message):
+        super().__init__(message)
+        self.key = key
 
 
 class PublishNacked(Exception):
@@ -844,7 +858,6 @@ class BrokerConnection:
         def check():
             if not (self.queue or self.in_flight):
                 poller.stop()
-        from twisted.internet.task import LoopingCall
         poller = LoopingCall(check)
         poller.clock = reactor
         done = poller.start(0.05)
@@ -1249,13 +1262,15 @@ class RabbitMQTransport(Service):
 
     def _load_tls(self):
         """
-        @raise ValueError: a file is missing or not PEM, or no pyOpenSSL.
+        @raise TLSFilesError: a file is missing or not PEM, or no pyOpenSSL;
+            its C{key} names the setting at fault.
         """
         try:
             self._check_tls()
         except BadSocket as e:
-            raise ValueError(str(e)) from None
-        from twisted.internet import ssl
+            raise TLSFilesError("tls_ca", str(e)) from None
+        from twisted.internet import ssl  # pyOpenSSL is optional: only for tls sockets
+        key_name, path = "tls_ca", self.tls_ca
         try:
             trust = None
             if self.tls_ca:
@@ -1263,21 +1278,21 @@ class RabbitMQTransport(Service):
                     [ssl.Certificate.loadPEM(c) for c in _pem_certificates(self.tls_ca)])
             client = None
             if self.tls_cert:
+                key_name, path = "tls_cert", self.tls_cert
                 with open(self.tls_cert, "rb") as f:
                     cert = f.read()
                 key = cert
                 if self.tls_key:
+                    key_name, path = "tls_key", self.tls_key
                     with open(self.tls_key, "rb") as f:
                         key = f.read()
                 client = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key)
-        except ValueError:
-            raise
-        except Exception as e:  # OSError, OpenSSL errors
-            raise ValueError(f"cannot load the TLS files: {e}") from None
+        except Exception as e:  # OSError, ValueError, OpenSSL errors
+            raise TLSFilesError(key_name, f"cannot load the TLS files ({path}): {e}") from None
         self._tls_trust = (trust, client)
 
     def tls_options(self, hostname):
-        from twisted.internet import ssl
+        from twisted.internet import ssl  # pyOpenSSL is optional: only for tls sockets
         if self._tls_trust is None:
             self._load_tls()
         trust, client = self._tls_trust
@@ -1324,7 +1339,6 @@ class RabbitMQTransport(Service):
 
         @return: Deferred firing with a L{DrainResult} of what is left.
         """
-        from evsrv.shutdown import DrainResult
         self._drained = True
         timeout = min(self.stop_timeout, deadline - self.reactor.seconds())
         busy = [conn for conn in self.connections.values() if conn.queue or conn.in_flight]
@@ -1375,21 +1389,19 @@ def _optional_path(text: str):
 
 
 def _build(settings, context):
-    from evsrv.config import ConfigError
     tls = {}
     for key in ("tls_ca", "tls_cert", "tls_key"):
         value = settings[key]
         if value is not None:
             value = context.base_dir / value
             if not value.is_file():
-                # TransportContext does not carry the ini's name
-                raise ConfigError("ini", "transport:rabbitmq", key, f"no such file: {value}")
+                raise PluginConfigError(key, f"no such file: {value}")
             value = str(value)
         tls[key] = value
     try:
         return _make_transport(settings, context, tls)
-    except ValueError as e:
-        raise ConfigError("ini", "transport:rabbitmq", "tls_ca", str(e)) from None
+    except TLSFilesError as e:
+        raise PluginConfigError(e.key, str(e)) from None
 
 
 def _make_transport(settings, context, tls):
@@ -1404,8 +1416,6 @@ def _make_transport(settings, context, tls):
 
 
 def _make_factory():
-    from evsrv.transports import choice
-    from evsrv.transports.factories import TransportFactory
     return TransportFactory(
         "rabbitmq", ("rabbitmq",), {
             "format": ("json", choice("json", "text"),

@@ -71,6 +71,7 @@ from evsrv.interfaces import BadSocket, IEventTransport
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import split_host_port
 from evsrv.transports.factories import TransportFactory
+from evsrv.transports.kit import DrainResult, wait_drained
 
 MAX_REPLY_BUFFER = 65536  # bytes of one unfinished reply kept in reliable mode
 MAX_ID = 2 ** 31 - 1      # ids stay positive 32-bit ints, as OpenSIPS'
@@ -871,7 +872,6 @@ class StreamTransport(Service):
 
         @return: Deferred firing with a L{DrainResult} of what is left.
         """
-        from evsrv.shutdown import DrainResult, wait_drained
 
         def drained():
             # every peer is asked, so that each done one starts closing now

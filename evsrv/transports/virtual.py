@@ -64,9 +64,10 @@ from zope.interface import implementer
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination, Subscription
 from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport
-from evsrv.coercers import seconds
+from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
+from evsrv.transports.kit import DrainResult
 
 PARALLEL, FAILOVER, ROUND_ROBIN = "PARALLEL", "FAILOVER", "ROUND-ROBIN"
 POLICIES = (PARALLEL, FAILOVER, ROUND_ROBIN)
@@ -367,7 +368,6 @@ class VirtualTransport:
         next member, also drained. The result only marks the virtual
         counters as counted elsewhere.
         """
-        from evsrv.shutdown import DrainResult
         return DrainResult(through_members=True)
 
 

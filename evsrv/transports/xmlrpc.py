@@ -61,6 +61,7 @@ from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import parse_port
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.stream import STOPPING, DeliveryBatch, Health, count, seconds
+from evsrv.transports.kit import DrainResult, wait_drained
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 DEFAULT_PATH = "/RPC2"  # what OpenSIPS posts to when the socket names no path
@@ -674,7 +675,6 @@ class XMLRPCTransport(Service):
 
         @return: Deferred firing with a L{DrainResult} of what is left.
         """
-        from evsrv.shutdown import DrainResult, wait_drained
 
         def drained():
             return not any(d.calls or d.queue for d in self._destinations.values())

@@ -22,7 +22,7 @@ An IPv6 address can carry an IPv4 address, and packets sent to it end up
 at that IPv4 address through a translator or a tunnel: the NAT64 prefixes
 (well-known C{64:ff9b::/96}, local-use C{64:ff9b:1::/48}), IPv4-translated
 C{::ffff:0:0:0/96}, IPv4-compatible C{::/96} (not C{::} and C{::1}), 6to4
-C{2002::/16} and Teredo C{2001::/32} (L{evsrv.netlist.embedded_ipv4} says
+C{2002::/16} and Teredo C{2001::/32} (L{evsrv.util.netlist.embedded_ipv4} says
 where each keeps it). Such an address is judged as both addresses, the
 IPv6 one and every IPv4 one it carries:
 
@@ -52,7 +52,7 @@ of their own; such a translator's prefix belongs in C{deny_destinations}
 from twisted.logger import Logger
 
 from evsrv.interfaces import DestinationRefused
-from evsrv.netlist import NetworkList, embedded_ipv4, ip_address
+from evsrv.util.netlist import NetworkList, embedded_ipv4, ip_address
 
 _EVERYTHING = NetworkList.parse("any")
 
