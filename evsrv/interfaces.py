@@ -4,7 +4,7 @@ directory of any distribution and are enabled by name from the ini file.
 """
 
 from twisted.plugin import IPlugin
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, alsoProvides
 
 
 class BadSocket(ValueError):
@@ -80,34 +80,11 @@ class IEventTransport(Interface):
     Delivers notifications to the subscribers of its schemes.
 
     A transport never blocks the reactor, and a slow or dead destination
-    never delays another one.
-
-    Optional method C{peer_hosts(destination)} (not declared below, so that
-    older transports still provide the interface): the IP address texts
-    (C{"192.0.2.7"}, C{"2001:db8::1"}) a parsed destination sends to or
-    connects to, already resolved, or an empty iterable for a destination
-    that is not on the network (a file, a UNIX socket). The C{[policy]}
-    refuses a subscription when any of them is denied or not allowed. A
-    transport that resolves names must do it in C{parse} and then use only
-    the resolved address, so that the address checked is the one used. A
-    transport without C{peer_hosts} is not checked, and the server logs a
-    warning about it at start-up.
-
-    Optional method C{drain(deadline)} (not declared below either), for a
-    transport that holds notifications (queued, in flight, awaiting a reply
-    or a confirm): at shutdown, after the MI has closed and before the
-    transport is stopped, L{evsrv.shutdown} calls it with C{deadline}, a
-    clock time (the reactor's C{seconds()}). The transport goes on
-    delivering, and accepting new raises, as usual; it returns a Deferred
-    (or the result itself) firing as soon as it holds nothing more, and at
-    C{deadline} at the latest, with an L{evsrv.shutdown.DrainResult}: per
-    destination, how many notifications are still undelivered and why
-    (e.g. C{"connecting"}). It does not fail, and does not drop anything
-    itself: C{stopService} follows and drops what is left. A drain that has
-    not answered shortly after the deadline is cancelled and not waited
-    for. A transport without C{drain} is taken to hold nothing (every
-    notification leaves in C{deliver}, as udp, unix, flatstore and route
-    do).
+    never delays another one. What a transport may offer besides is one
+    small interface per capability below (L{IPeerHosts}, L{IAdmission},
+    L{IListing}, L{IDrainable}, L{IDestinationReport}, L{IMICommands},
+    L{IFailFast}, L{ICounted}); callers ask for a capability with
+    C{I....providedBy(transport)}, never by looking for a method.
     """
 
     name = Attribute("The factory's name, used for statistics.")
@@ -129,9 +106,144 @@ class IEventTransport(Interface):
         Updates each subscription's counters; never raises for delivery
         errors.
 
-        @return: an L{evsrv.evi.report.Outcome}, or a Deferred firing with one
-            when delivery completes later.
+        @return: an L{evsrv.evi.notification.Outcome}, or a Deferred firing
+            with one when delivery completes later.
         """
+
+
+class IPeerHosts(Interface):
+    """
+    A transport that tells the C{[policy]} where it sends. Without it, its
+    subscribers are not checked (and the server warns at start-up).
+    """
+
+    def peer_hosts(destination):
+        """
+        @return: the IP address texts (C{"192.0.2.7"}, C{"2001:db8::1"}) a
+            parsed destination sends to or connects to, already resolved, or
+            an empty iterable for a destination that is not on the network
+            (a file, a UNIX socket). A transport that resolves names does it
+            in C{parse} and then uses only the resolved address, so that the
+            address checked is the one used.
+        """
+
+
+class IAdmission(Interface):
+    """
+    A transport that takes resources for a subscription (a broker
+    connection), only once the C{[policy]} has passed it.
+    """
+
+    def admit(destination):
+        """
+        @return: the destination (or a Deferred of it), ready for delivery.
+        @raise BadSocket: the transport cannot take one more (a limit).
+        """
+
+
+class IListing(Interface):
+    """
+    A transport whose destination keys are not their own listing text.
+    """
+
+    def describe(key):
+        """
+        @return: the listing text (C{subscribers_list}'s C{socket}) of a
+            destination C{key} that is not a C{str}; never a password.
+        """
+
+
+class IDrainable(Interface):
+    """
+    A transport that holds notifications (queued, in flight, awaiting a reply
+    or a confirm). A transport without it is taken to hold nothing: every
+    notification leaves in C{deliver}.
+    """
+
+    def drain(deadline):
+        """
+        At shutdown, after the MI has closed and before the transport is
+        stopped: go on delivering (and accepting raises) as usual, and say
+        when nothing is held any more, at C{deadline} (a clock time) at the
+        latest. Never fails and drops nothing itself (C{stopService} follows
+        and drops what is left). A drain that has not answered shortly after
+        the deadline is cancelled and not waited for.
+
+        @return: a L{evsrv.transports.kit.DrainResult} (or a Deferred of it):
+            per destination, how many notifications are still undelivered
+            and why.
+        """
+
+
+class IDestinationReport(Interface):
+    """
+    A transport with per-destination state worth showing in the metrics.
+    """
+
+    def destinations():
+        """
+        @return: C{{destination text: {statistic: number}}} (queue depth,
+            connection state, ...), for the Prometheus exposition.
+        """
+
+
+class IMICommands(Interface):
+    """
+    A transport (or module) with MI commands of its own.
+    """
+
+    def mi_commands():
+        """
+        @return: the L{evsrv.command.Command}s to register.
+        """
+
+
+class IFailFast(Interface):
+    """
+    A transport that can fail a notification at once when its destination
+    is known to be down, instead of waiting for it; a C{virtual:} group asks
+    this of a member that has another member after it.
+    """
+
+    def deliver(notification, subscriptions, fail_fast=False):
+        """
+        As L{IEventTransport.deliver}; with C{fail_fast}, a notification for
+        a destination that is down fails as soon as that is known.
+        """
+
+
+class ICounted(Interface):
+    """
+    A transport that keeps the C{evi_NAME} notification counters.
+    """
+
+    counters = Attribute("L{evsrv.transports.TransportCounters}: sent, failed, dropped.")
+
+
+# Capabilities a transport written before the interfaces existed may have
+# by method name only: (interface, attribute). See evsrv.server's check.
+CAPABILITIES = (
+    (IPeerHosts, "peer_hosts"), (IAdmission, "admit"), (IListing, "describe"),
+    (IDrainable, "drain"), (IDestinationReport, "destinations"), (IMICommands, "mi_commands"),
+    (ICounted, "counters"),
+)
+
+
+def declare_legacy_capabilities(transport) -> list:
+    """
+    For a transport that has a capability's method but does not declare its
+    interface (a plugin written before them): declare it on the instance,
+    so that it keeps working.
+
+    @return: the names of the interfaces so declared (the server warns once
+        per transport).
+    """
+    declared = []
+    for interface, attribute in CAPABILITIES:
+        if not interface.providedBy(transport) and getattr(transport, attribute, None) is not None:
+            alsoProvides(transport, interface)
+            declared.append(interface.__name__)
+    return declared
 
 
 class IModule(IPlugin):

@@ -16,7 +16,8 @@ from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface
 from evsrv.evi.expiry import ExpiryService
 from evsrv.http.site import HTTPListenError, HTTPService, build_site
-from evsrv.interfaces import IEventTransportFactory, IModule, PluginConfigError
+from evsrv.interfaces import (IEventTransportFactory, IMICommands, IModule, PluginConfigError,
+                              declare_legacy_capabilities)
 from evsrv.mi.commands import CoreCommands, EVICommands
 from evsrv.mi.controller import Command, MIController, MIError
 from evsrv.modules import ModuleContext
@@ -71,6 +72,13 @@ class EvsrvService(MultiService):
             except PluginConfigError as e:
                 raise ConfigError(config.source, f"transport:{name}", e.key, e.message) from None
             self.transports[name] = transport
+            legacy = declare_legacy_capabilities(transport)
+            if legacy:
+                # a plugin written before the capability interfaces: it keeps
+                # working, and its author learns what to declare
+                self._log.warn("transport {transport} has the methods of {interfaces} without "
+                               "declaring them; declare them with @implementer(...) (from "
+                               "evsrv.interfaces)", transport=name, interfaces=", ".join(legacy))
             for scheme in transport.schemes:
                 by_scheme[scheme] = transport
             if IService.providedBy(transport):
@@ -93,8 +101,9 @@ class EvsrvService(MultiService):
         for command in CoreCommands(self.controller, self.statistics, reactor).commands():
             self.controller.register(command)
         for transport in self.transports.values():
-            for command in getattr(transport, "mi_commands", lambda: [])():
-                self.controller.register(command)
+            if IMICommands.providedBy(transport):
+                for command in transport.mi_commands():
+                    self.controller.register(command)
 
         # Modules publish their events after the core's, as in OpenSIPS.
         self.mi_filters = []

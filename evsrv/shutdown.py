@@ -38,6 +38,7 @@ from twisted.internet.defer import (CancelledError, Deferred, DeferredList, inli
 from twisted.logger import Logger
 
 from evsrv import exitstatus
+from evsrv.interfaces import ICounted, IDrainable
 from evsrv.mi.protocol import ListeningPorts
 from evsrv.transports.kit import DRAIN_POLL, DrainResult, wait_drained  # noqa: F401
 
@@ -134,9 +135,9 @@ class ShutdownReport:
 
 
 def _counts(transport):
-    counters = getattr(transport, "counters", None)
-    if counters is None:
+    if not ICounted.providedBy(transport):
         return None
+    counters = transport.counters
     return (counters.sent.value, counters.failed.value + counters.dropped.value)
 
 
@@ -179,10 +180,9 @@ def _drain_all(transports, clock, deadline):
     results = {}
     pending = {}
     for name, transport in transports.items():
-        drain = getattr(transport, "drain", None)
-        if drain is None:
+        if not IDrainable.providedBy(transport):
             continue
-        pending[name] = maybeDeferred(drain, deadline)
+        pending[name] = maybeDeferred(transport.drain, deadline)
 
     def got(result, name):
         pending.pop(name, None)

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from evsrv import ctl
 from evsrv.config import DEFAULT_DENIED_DESTINATIONS, parse_config
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport
+from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport, IPeerHosts
 from evsrv.util.netlist import NetworkList
 from evsrv.evi.policy import DestinationPolicy
 from evsrv.server import EvsrvService, module_factories, transport_factories
@@ -40,7 +40,7 @@ DEFAULT_DENY = NetworkList.parse(DEFAULT_DENIED_DESTINATIONS)
 # -- the check ---------------------------------------------------------------------
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts)
 class AddressTransport:
     """
     C{net:ADDR,ADDR...}: peer_hosts gives the comma-separated addresses.
@@ -299,9 +299,9 @@ def test_one_warning_per_unchecked_transport_at_start(tmpdir_short, log_capture)
         "[transports]\nenabled = udp, unix, tcp, xmlrpc, virtual, flatstore, route, rec\n"
     config = parse_config(text, "<test>", tmpdir_short, factories, module_factories())
     service = EvsrvService(config, reactor, factories=factories)
-    warned = [t for t in log_capture.warnings() if "peer_hosts" in t]
+    warned = [t for t in log_capture.warnings() if "IPeerHosts" in t]
     assert warned == [
-        "transport rec does not tell where it sends (no peer_hosts method): [policy] "
+        "transport rec does not tell where it sends (no IPeerHosts): [policy] "
         "allow_destinations and deny_destinations are not applied to its subscribers"]
     # every built-in transport says where it sends
     assert DestinationPolicy.unchecked(service.transports.values()) == ["rec"]

@@ -20,12 +20,15 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from zope.interface import alsoProvides, implementer
+
 from evsrv import exitstatus
 from evsrv.mi.protocol import ListeningPorts
 from evsrv.shutdown import (DRAIN_GRACE, DRAIN_POLL, NO_REPORT, DrainResult, stop_server,
                             wait_drained)
 from evsrv.util.statistics import Statistics
 from evsrv.transports import TransportCounters
+from evsrv.interfaces import ICounted, IDrainable
 from tests import test_rabbitmq_unit as rabbit_t
 from tests import test_stream_transport as stream_t
 from tests import test_xmlrpc_transport as xmlrpc_t
@@ -92,6 +95,7 @@ class FakeHTTP(Service):
         self.steps.append("http")
 
 
+@implementer(IDrainable, ICounted)
 class FakeTransport:
     """
     A transport whose drain the test settles by hand.
@@ -221,8 +225,10 @@ def test_transports_without_drain_and_virtual_results():
     server, clock, steps, stop_children = fake_server(names=())
     statistics = Statistics()
     udp = SimpleNamespace(counters=TransportCounters(statistics, "udp"))
+    alsoProvides(udp, ICounted)
     virtual = SimpleNamespace(counters=TransportCounters(statistics, "virtual"),
                               drain=lambda deadline: DrainResult(through_members=True))
+    alsoProvides(virtual, ICounted, IDrainable)
     server.transports = {"udp": udp, "virtual": virtual, "thirdparty": object()}
 
     def stopping():

@@ -14,7 +14,8 @@ from evsrv.evi.events import EventTable
 from evsrv.evi.notification import DeliveryReport, Notification
 from evsrv.evi.params import make_params
 from evsrv.evi.subscriptions import SubscriptionStore
-from evsrv.interfaces import BadSocket, LimitExceeded
+from evsrv.interfaces import (BadSocket, IAdmission, LimitExceeded,
+                              declare_legacy_capabilities)
 
 # Bytes that are not UTF-8 travel inside evsrv as lone surrogates
 # (evsrv.util.wire); a JSON \udc80 escape decodes to one too.
@@ -52,6 +53,10 @@ class EventInterface:
     def __init__(self, clock, transports, statistics):
         self.clock = clock
         self.transports = dict(transports)
+        for transport in self.transports.values():
+            # a plugin written before the capability interfaces keeps working
+            # (the server warns about it)
+            declare_legacy_capabilities(transport)
         self.events = EventTable()
         self.store = SubscriptionStore()
         self.statistics = statistics
@@ -145,10 +150,9 @@ class EventInterface:
         d = maybeDeferred(transport.parse, scheme, rest)
         if self.destination_policy is not None:
             d.addCallback(self.destination_policy.check, transport)
-        admit = getattr(transport, "admit", None)
-        if admit is not None:
+        if IAdmission.providedBy(transport):
             # resources (a broker connection) only for a socket the policy passed
-            d.addCallback(admit)
+            d.addCallback(transport.admit)
         d.addCallback(lambda destination: (transport, destination))
         return d
 

@@ -11,7 +11,7 @@ the transport will really use, after name resolution: every transport that
 resolves a name does it once, at subscribe time, and sends to that address
 from then on, so a later DNS answer cannot redirect a checked subscription.
 
-Transports say where they send through an optional method,
+Transports say where they send through L{evsrv.interfaces.IPeerHosts},
 C{peer_hosts(destination)}: the IP address texts (already resolved) the
 destination sends or connects to, empty for a destination that is not on
 the network (a file, a UNIX socket, the routing script, a virtual group
@@ -51,7 +51,7 @@ of their own; such a translator's prefix belongs in C{deny_destinations}
 
 from twisted.logger import Logger
 
-from evsrv.interfaces import DestinationRefused
+from evsrv.interfaces import DestinationRefused, IListing, IPeerHosts
 from evsrv.util.netlist import NetworkList, embedded_ipv4, ip_address
 
 _EVERYTHING = NetworkList.parse("any")
@@ -64,8 +64,7 @@ def socket_text(destination, transport) -> str:
     key = destination.key
     if type(key) is str:
         return key
-    describe = getattr(transport, "describe", None)
-    return describe(key) if describe is not None else repr(key)
+    return transport.describe(key) if IListing.providedBy(transport) else repr(key)
 
 
 class DestinationPolicy:
@@ -98,10 +97,9 @@ class DestinationPolicy:
         """
         if self.open:
             return destination
-        peer_hosts = getattr(transport, "peer_hosts", None)
-        if peer_hosts is None:
+        if not IPeerHosts.providedBy(transport):
             return destination  # warned about at start-up (warn_unchecked)
-        for host in peer_hosts(destination):
+        for host in transport.peer_hosts(destination):
             reason = self.refusal(host)
             if reason is not None:
                 if self.refused is not None:
@@ -143,11 +141,11 @@ class DestinationPolicy:
     def unchecked(transports) -> list:
         """
         The names of the transports the policy cannot check (no
-        C{peer_hosts}), each once.
+        L{IPeerHosts}), each once.
         """
         names = []
         for transport in transports:
-            if getattr(transport, "peer_hosts", None) is None:
+            if not IPeerHosts.providedBy(transport):
                 name = getattr(transport, "name", None) or type(transport).__name__
                 if name not in names:
                     names.append(name)
@@ -165,7 +163,7 @@ class DestinationPolicy:
         names = self.unchecked(transports)
         for name in names:
             self._log.warn(
-                "transport {transport} does not tell where it sends (no peer_hosts method): "
+                "transport {transport} does not tell where it sends (no IPeerHosts): "
                 "[policy] allow_destinations and deny_destinations are not applied to its "
                 "subscribers", transport=name)
         return names

@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from twisted.web.resource import Resource
 
 from evsrv.http.mi import method_not_allowed
+from evsrv.interfaces import IDestinationReport
 
 _NOTIFICATIONS = re.compile(r"evi_(.+):notifications_(sent|failed|dropped)\Z")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -64,10 +65,9 @@ class EvsrvCollector:
         families = {}
         transports = {id(t): t for t in self.evi.transports.values()}.values()
         for transport in transports:
-            report = getattr(transport, "destinations", None)
-            if report is None:
+            if not IDestinationReport.providedBy(transport):
                 continue
-            for row in report():
+            for row in transport.destinations():
                 for name, value in row.items():
                     if name == "destination":
                         continue

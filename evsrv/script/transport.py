@@ -9,12 +9,12 @@ from zope.interface import implementer
 
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import BadSocket, ICounted, IEventTransport, IPeerHosts
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts, ICounted)
 class RouteTransport:
     schemes = ("route",)
 

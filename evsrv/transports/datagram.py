@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import BadSocket, ICounted, IEventTransport, IListing, IPeerHosts
 from evsrv.transports import TransportCounters, choice, resolve_once
 from evsrv.transports.factories import TransportFactory
 from evsrv.util.hostport import parse_host_port
@@ -190,6 +190,7 @@ class _DatagramSender(Service):
         self.counters.failed.value += count
 
 
+@implementer(IEventTransport, IPeerHosts, IListing, ICounted)
 class UDPTransport(_DatagramSender):
     """
     C{udp:HOST:PORT}; HOST may be an IPv4 address, C{[IPv6]} or a name
@@ -241,7 +242,7 @@ class UDPTransport(_DatagramSender):
         return f"udp:{key[0]}:{key[1]}"
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts, ICounted)
 class UNIXTransport(_DatagramSender):
     """
     C{unix:PATH} (also a bare absolute path): a UNIX datagram socket.

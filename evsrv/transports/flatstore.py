@@ -46,7 +46,7 @@ from zope.interface import implementer
 from evsrv.encoding import flatstore_line
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import BadSocket, ICounted, IEventTransport, IMICommands, IPeerHosts
 from evsrv.command import Command, MIError
 from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
@@ -96,7 +96,7 @@ class _OpenFile:
         self.last_write = now
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts, IMICommands, ICounted)
 class FlatstoreTransport(Service):
     """
     C{flatstore:PATH}; a relative PATH is taken from the ini's directory.

@@ -91,7 +91,8 @@ from txamqp.protocol import AMQClient
 from evsrv import __version__
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport, PluginConfigError
+from evsrv.interfaces import (BadSocket, IAdmission, ICounted, IDrainable, IEventTransport,
+                              IPeerHosts, PluginConfigError)
 from evsrv.transports import TransportCounters, choice, resolve_once
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.kit import DrainResult
@@ -1151,7 +1152,7 @@ class BrokerConnection:
         self._age_timer = None
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IAdmission, IPeerHosts, IDrainable, ICounted)
 class RabbitMQTransport(Service):
     """
     The C{rabbitmq:} transport: parses sockets, owns the broker connections.

@@ -67,7 +67,8 @@ from evsrv import encoding
 from evsrv.evi.notification import Outcome
 from evsrv.evi.params import Param
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainable,
+                              IEventTransport, IFailFast, IPeerHosts)
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import split_host_port
 from evsrv.transports.factories import TransportFactory
@@ -699,17 +700,13 @@ class _Peer:
         return None
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts, IDestinationReport, IDrainable, IFailFast, ICounted)
 class StreamTransport(Service):
     """
     C{tcp:} (body C{json}, OpenSIPS 3.x) or C{jsonrpc:} (body C{jsonrpc24},
     OpenSIPS 2.4), as configured by its factory.
-
-    @cvar supports_fail_fast: C{deliver} takes C{fail_fast} (what the
-        virtual transport looks for before passing it).
     """
     _log = Logger()
-    supports_fail_fast = True
 
     def __init__(self, name, scheme, body, settings, statistics, reactor):
         self.name = name

@@ -19,8 +19,8 @@ as its own transport's timeout, and never another subscriber.
 
 Failing fast (FAILOVER and ROUND-ROBIN): a member that has another member
 after it in this raise's order is asked not to wait for a destination that
-is down, through C{deliver(..., fail_fast=True)} on transports whose
-C{supports_fail_fast} is true (tcp/jsonrpc): a refused connection fails it
+is down, through C{deliver(..., fail_fast=True)} on transports that
+provide L{evsrv.interfaces.IFailFast} (tcp/jsonrpc): a refused connection fails it
 at once and the raise moves on, as OpenSIPS does, rather than after the
 member's C{queue_timeout}. The last member to try (nowhere else to go), and
 every PARALLEL member, are delivered as plain subscribers are, waiting and
@@ -63,7 +63,8 @@ from zope.interface import implementer
 
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination, Subscription
-from evsrv.interfaces import BadSocket, DestinationRefused, IEventTransport
+from evsrv.interfaces import (BadSocket, DestinationRefused, ICounted, IDrainable,
+                              IEventTransport, IFailFast, IListing, IPeerHosts)
 from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
@@ -137,7 +138,7 @@ class Group:
         self.cursor = 0
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IListing, IPeerHosts, IDrainable, ICounted)
 class VirtualTransport:
     _log = Logger()
     schemes = ("virtual",)
@@ -342,7 +343,7 @@ class VirtualTransport:
         failed_before = msub.failed
         transport = member.transport
         try:
-            if fail_fast and getattr(transport, "supports_fail_fast", False):
+            if fail_fast and IFailFast.providedBy(transport):
                 result = transport.deliver(notification, [msub], fail_fast=True)
             else:
                 result = transport.deliver(notification, [msub])

@@ -56,7 +56,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from evsrv.evi.subscriptions import Destination
-from evsrv.interfaces import BadSocket, IEventTransport
+from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainable,
+                              IEventTransport, IPeerHosts)
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import parse_port
 from evsrv.transports.factories import TransportFactory
@@ -569,7 +570,7 @@ def _host_header(host: str, port: int) -> bytes:
     return b"%s:%d" % (name, port)
 
 
-@implementer(IEventTransport)
+@implementer(IEventTransport, IPeerHosts, IDestinationReport, IDrainable, ICounted)
 class XMLRPCTransport(Service):
     """
     C{xmlrpc:} subscribers. The listing text (and re-subscribe identity,
