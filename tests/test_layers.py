@@ -23,6 +23,7 @@ LAYERS = [
     (8.2, ["evsrv.__main__"]),
     (8.1, ["evsrv.run"]),                       # the evsrv command: twist + tap
     (8, ["evsrv.tap", "evsrv.ctl", "evsrv.testing"]),
+    (7.5, ["evsrv.client"]),                    # MI clients: evsrv-ctl's and the tests' 
     (7, ["evsrv.server"]),                      # builds the parts below, in order
     (6, ["evsrv.shutdown", "evsrv.config"]),
     (5.9, ["evsrv.exitstatus"]),
