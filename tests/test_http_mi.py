@@ -671,8 +671,8 @@ def client_env():
     return env
 
 
-@pytest.mark.skipif(not OPENSIPS_MI.exists(), reason="opensips-mi is not installed")
 def test_opensips_mi_over_http(server_process):
+    assert OPENSIPS_MI.exists(), f"{OPENSIPS_MI} is missing: `make test` installs it"
     proc = server_process(HTTP_INI)
     assert proc.http and proc.http.endswith("/mi")
     host, port = proc.http[len("http://"):-len("/mi")].rsplit(":", 1)
