@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_server -*-
 """
-Assembles a running evsrv from a L{Config}: the event interface, the
-transports, the expiry timer and the MI listeners, under one MultiService.
+Assembles a running evsrv from a L{Config}: the transports, the policy, the
+store, the event interface, the expiry timer, the MI, the modules and the
+script, under one MultiService, each part made in order and given what it
+needs (L{create_server_from_config}, L{EvsrvService}).
 """
-
-import collections
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import gatherResults
@@ -13,7 +13,7 @@ from twisted.plugin import getPlugins
 
 from evsrv import __version__, plugins
 from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
-from evsrv.evi import EventInterface
+from evsrv.evi import EventInterface, Limits
 from evsrv.evi.expiry import ExpiryService
 from evsrv.http.site import HTTPListenError, HTTPService, build_site
 from evsrv.interfaces import (IEventTransportFactory, IMICommands, IModule, PluginConfigError,
@@ -29,9 +29,9 @@ from evsrv.evi.policy import DestinationPolicy
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
                                listen_unix)
 from evsrv.script import ScriptLoadError, ScriptRunner
-from evsrv.shutdown import stop_server
+from evsrv.shutdown import close_listeners, stop_server
 from evsrv.util.statistics import Statistics
-from evsrv.transports import TransportContext
+from evsrv.transports import LateBinding, TransportContext
 
 
 def transport_factories() -> dict:
@@ -48,11 +48,116 @@ def module_factories() -> dict:
     return {f.name: f for f in getPlugins(IModule, plugins)}
 
 
+def create_server_from_config(config: Config, reactor, *, factories=None, modules=None,
+                              ignore_store=False):
+    """
+    Build a whole evsrv from C{config}: every part made in order and handed
+    what it needs (see L{EvsrvService}). Nothing listens yet: call
+    C{listen()} (a taken address fails before the reactor runs), then start
+    it, or give it a parent service.
+
+    @param factories: transport plugins by name (default: those found in
+        C{evsrv.plugins}).
+    @param modules: module plugins by name (default: those found).
+    @param ignore_store: set an unusable subscription store aside and
+        start with no subscriptions (C{--ignore-store}).
+    @return: the L{EvsrvService}.
+    @raise ConfigError: naming the file, section and key at fault.
+    """
+    return EvsrvService(config, reactor, factories=factories, modules=modules,
+                        ignore_store=ignore_store)
+
+
+def build_transports(config: Config, factories: dict, context: TransportContext,
+                     parent: MultiService) -> dict:
+    """
+    Every enabled transport, by name, built from its plugin factory and its
+    C{[transport:NAME]} settings; one that is a service gets C{parent}.
+
+    @raise ConfigError: a factory refused its settings (L{PluginConfigError}).
+    """
+    log = EvsrvService._log
+    transports = {}
+    for name, settings in config.transports.items():
+        try:
+            transport = factories[name].build(settings, context)
+        except PluginConfigError as e:
+            raise ConfigError(config.source, f"transport:{name}", e.key, e.message) from None
+        transports[name] = transport
+        legacy = declare_legacy_capabilities(transport)
+        if legacy:
+            # a plugin written before the capability interfaces: it keeps
+            # working, and its author learns what to declare
+            log.warn("transport {transport} has the methods of {interfaces} without "
+                     "declaring them; declare them with @implementer(...) (from "
+                     "evsrv.interfaces)", transport=name, interfaces=", ".join(legacy))
+        if IService.providedBy(transport):
+            transport.setServiceParent(parent)
+    return transports
+
+
+def open_store(config: Config, reactor, statistics, ignore_store=False):
+    """
+    Open the subscription store of C{[store]} (before the event interface,
+    which is given the journal).
+
+    @return: C{(journal, stored rows)}; C{(None, [])} when the store is off.
+    @raise ConfigError: the store cannot be used (and C{ignore_store} cannot
+        help, or is not given).
+    """
+    store = config.store
+    if store.path is None:
+        return None, []
+    log = EvsrvService._log
+    try:
+        database = SubscriptionDatabase(store.path, store.sync)
+        stored = database.load()
+    except StoreNotWritable as e:
+        # nothing to set aside: --ignore-store would fail the same way
+        raise ConfigError(config.source, "store", None, str(e)) from None
+    except StoreError as e:
+        if not ignore_store:
+            raise ConfigError(config.source, "store", None,
+                              f"{e}; move it away, or start with --ignore-store to set it "
+                              "aside and start with no subscriptions") from None
+        aside = move_aside(store.path)
+        log.warn("{error}; --ignore-store: set aside as {aside}, starting with no "
+                 "stored subscriptions", error=str(e), aside=str(aside))
+        try:
+            database = SubscriptionDatabase(store.path, store.sync)
+        except StoreError as again:
+            raise ConfigError(config.source, "store", None, str(again)) from None
+        stored = []
+    journal = SubscriptionJournal(database, reactor, statistics, store.batch_delay)
+    return journal, stored
+
+
 class EvsrvService(MultiService):
     """
     The whole server. Its parts are attributes so that embedding code and
     tests reach them directly: C{evi}, C{controller}, C{statistics},
-    C{transports}, C{mi_ports}.
+    C{transports}, C{journal}, C{modules}, C{script}, C{mi_ports}, C{http}.
+
+    The parts are made in this order, each given what it needs (nothing is
+    filled in afterwards):
+
+     1. the statistics;
+     2. the transports, from their plugins; their L{TransportContext}
+        carries a L{LateBinding} of the event interface, which is made from
+        them (step 5);
+     3. the destination policy (C{[policy]});
+     4. the subscription store: its journal, and the rows to restore at
+        start;
+     5. the L{EventInterface}, given the transports, the policy, the
+        journal, the C{[limits]} and how many raises the status page shows;
+        then the transports' binding is bound to it: the one two-phase step;
+     6. the core events, the expiry timer, the MI controller and its
+        commands (the EVI's, the core's, the transports');
+     7. the modules (their events after the core's, as in OpenSIPS), the
+        C{[events]}, the routing script, the late core events;
+     8. the MI dispatchers; L{listen} opens the MI and HTTP sockets.
+
+    Use L{create_server_from_config}.
     """
     _log = Logger()
 
@@ -62,34 +167,45 @@ class EvsrvService(MultiService):
         self.config = config
         self.reactor = reactor
         self.statistics = Statistics()
-        factories = transport_factories() if factories is None else factories
-        context = TransportContext(reactor, self.statistics, config.base_dir)
-        self.transports = {}
-        by_scheme = {}
-        for name, settings in config.transports.items():
-            try:
-                transport = factories[name].build(settings, context)
-            except PluginConfigError as e:
-                raise ConfigError(config.source, f"transport:{name}", e.key, e.message) from None
-            self.transports[name] = transport
-            legacy = declare_legacy_capabilities(transport)
-            if legacy:
-                # a plugin written before the capability interfaces: it keeps
-                # working, and its author learns what to declare
-                self._log.warn("transport {transport} has the methods of {interfaces} without "
-                               "declaring them; declare them with @implementer(...) (from "
-                               "evsrv.interfaces)", transport=name, interfaces=", ".join(legacy))
-            for scheme in transport.schemes:
-                by_scheme[scheme] = transport
-            if IService.providedBy(transport):
-                transport.setServiceParent(self)
 
-        self.evi = context.evi = EventInterface(reactor, by_scheme, self.statistics)
-        self.evi.destination_policy = DestinationPolicy(
-            config.policy.allow_destinations, config.policy.deny_destinations, self.statistics)
-        self.evi.destination_policy.warn_unchecked(self.transports.values())
-        if config.http.listen is not None and config.http.status_path:
-            self.evi.recent_raises = collections.deque(maxlen=config.http.status_recent)
+        events = LateBinding("the event interface")
+        context = TransportContext(reactor, self.statistics, config.base_dir,
+                                   event_interface=events)
+        self.transports = build_transports(
+            config, transport_factories() if factories is None else factories, context, self)
+        by_scheme = {scheme: transport for transport in self.transports.values()
+                     for scheme in transport.schemes}
+
+        policy = DestinationPolicy(config.policy.allow_destinations,
+                                   config.policy.deny_destinations, self.statistics)
+        policy.warn_unchecked(self.transports.values())
+
+        # stored subscriptions are restored at start (every event they name
+        # is published by then)
+        self.journal, self._stored = open_store(config, reactor, self.statistics,
+                                                ignore_store)
+        try:
+            self._assemble(config, reactor, by_scheme, policy, events,
+                           module_factories() if modules is None else modules)
+        except BaseException:
+            if self.journal is not None:
+                self.journal.database.close()  # no thread runs yet: close it here
+            raise
+
+    def _assemble(self, config, reactor, by_scheme, policy, events, modules):
+        """
+        Steps 5 to 8 (see the class docstring), on the parts made before.
+
+        @param events: the transports' L{LateBinding} of the event interface.
+        """
+        limits = config.limits
+        status_page = config.http.listen is not None and config.http.status_path
+        self.evi = EventInterface(
+            reactor, by_scheme, self.statistics, policy=policy, journal=self.journal,
+            limits=Limits(limits.max_subscriptions, limits.max_subscriptions_per_event,
+                          limits.max_params_bytes),
+            recent=config.http.status_recent if status_page else 0)
+        events.bind(self.evi)
         for name in CORE_EVENTS:
             self.evi.publish(name)
         ExpiryService(self.evi, config.expiry_interval, clock=reactor).setServiceParent(self)
@@ -109,11 +225,10 @@ class EvsrvService(MultiService):
         self.mi_filters = []
         module_context = ModuleContext(reactor, self.statistics, self.evi, self.controller,
                                        self.mi_filters, config.base_dir)
-        factories = module_factories() if modules is None else modules
         self.modules = {}
         for name, settings in config.modules.items():
             try:
-                module = factories[name].build(settings, module_context)
+                module = modules[name].build(settings, module_context)
             except PluginConfigError as e:
                 raise ConfigError(config.source, f"module:{name}", e.key, e.message) from None
             self.modules[name] = module
@@ -128,18 +243,7 @@ class EvsrvService(MultiService):
         for name in LATE_CORE_EVENTS:
             self.evi.publish(name)
 
-        limits = config.limits
-        self.evi.max_subscriptions = limits.max_subscriptions
-        self.evi.max_subscriptions_per_event = limits.max_subscriptions_per_event
-        self.evi.max_params_bytes = limits.max_params_bytes
-        # the store is read last: every event a stored subscription names
-        # is published by now
-        self.journal = None
-        self._stored = []
         self.restored = None  # Deferred of the restore, once started
-        if config.store.path is not None:
-            self._open_store(config.store, ignore_store)
-
         self.dispatcher = MIDispatcher(
             self.controller, config.mi.max_datagram,
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")
@@ -148,28 +252,29 @@ class EvsrvService(MultiService):
         self.http = None  # the HTTPService once listening
         self.http_dispatcher = MIDispatcher(self.controller, None)  # no size limit
 
-    def _open_store(self, store, ignore_store):
-        try:
-            database = SubscriptionDatabase(store.path, store.sync)
-            self._stored = database.load()
-        except StoreNotWritable as e:
-            # nothing to set aside: --ignore-store would fail the same way
-            raise ConfigError(self.config.source, "store", None, str(e)) from None
-        except StoreError as e:
-            if not ignore_store:
-                raise ConfigError(self.config.source, "store", None,
-                                  f"{e}; move it away, or start with --ignore-store to set it "
-                                  "aside and start with no subscriptions") from None
-            aside = move_aside(store.path)
-            self._log.warn("{error}; --ignore-store: set aside as {aside}, starting with no "
-                           "stored subscriptions", error=str(e), aside=str(aside))
-            try:
-                database = SubscriptionDatabase(store.path, store.sync)
-            except StoreError as again:
-                raise ConfigError(self.config.source, "store", None, str(again)) from None
-            self._stored = []
-        self.journal = self.evi.journal = SubscriptionJournal(
-            database, self.reactor, self.statistics, store.batch_delay)
+    @property
+    def mi_socket_paths(self) -> tuple:
+        """
+        The UNIX socket files of the MI, once L{listen} made them.
+        """
+        return tuple(self._mi_paths)
+
+    def close_mi(self):
+        """
+        Stop taking MI requests: the datagram MI ports and the HTTP port stop
+        listening (HTTP connections are closed) and the UNIX socket files are
+        removed. The first step of a graceful stop (L{evsrv.shutdown}).
+
+        @return: a Deferred firing once closed; it does not fail (a listener
+            that fails to close is logged).
+        """
+        services = [child for child in self if isinstance(child, ListeningPorts)]
+        covered = {id(port) for service in services for port in service.ports}
+        if self.http is not None:
+            services.append(self.http)
+        # ports listed in mi_ports that no ListeningPorts holds (embedding code)
+        stray = [port for port in self.mi_ports if id(port) not in covered]
+        return close_listeners(services, stray, self._mi_paths)
 
     def _restore(self):
         """

@@ -39,7 +39,6 @@ from twisted.logger import Logger
 
 from evsrv import exitstatus
 from evsrv.interfaces import ICounted, IDrainable
-from evsrv.mi.protocol import ListeningPorts
 from evsrv.transports.kit import DRAIN_POLL, DrainResult, wait_drained  # noqa: F401
 
 DRAIN_GRACE = 0.25  # seconds after the deadline a transport may take to report
@@ -141,27 +140,25 @@ def _counts(transport):
     return (counters.sent.value, counters.failed.value + counters.dropped.value)
 
 
-def _stop_mi(server):
+def close_listeners(services, ports=(), paths=()):
     """
-    Stop listening on every MI socket and the HTTP port. @return: Deferred.
+    Close MI listeners: stop C{services} (the server's
+    L{evsrv.mi.protocol.ListeningPorts}, its HTTP service), then stop
+    listening on C{ports} no service holds, then remove the UNIX socket
+    files at C{paths}. What fails is logged.
+
+    @return: a Deferred firing once all are closed; it does not fail.
     """
-    services = [child for child in server if isinstance(child, ListeningPorts)]
-    covered = {id(port) for service in services for port in service.ports}
-    http = getattr(server, "http", None)
-    if http is not None:
-        services.append(http)
     waits = [maybeDeferred(service.stopService) for service in services]
-    # ports the server lists but no ListeningPorts holds (embedding code)
-    waits += [maybeDeferred(port.stopListening) for port in getattr(server, "mi_ports", ())
-              if id(port) not in covered]
-    return DeferredList(waits, consumeErrors=True).addCallback(_report_mi_errors, server)
+    waits += [maybeDeferred(port.stopListening) for port in ports]
+    return DeferredList(waits, consumeErrors=True).addCallback(_report_mi_errors, paths)
 
 
-def _report_mi_errors(results, server):
+def _report_mi_errors(results, paths):
     for ok, failure in results:
         if not ok:
             _log.failure("shutdown: closing an MI listener failed", failure)
-    for path in getattr(server, "_mi_paths", ()):
+    for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -242,6 +239,11 @@ def stop_server(server, stop_children):
     """
     Stop C{server} gracefully (see the module docstring).
 
+    @param server: what it stops, through its public parts: C{reactor},
+        C{config.shutdown_timeout}, C{transports} (name to transport),
+        C{journal} (or C{None}) and C{close_mi()} (a Deferred; it closes
+        every MI listener and removes the UNIX socket files, as
+        L{close_listeners} does).
     @param stop_children: stops every child service (MultiService's
         C{stopService}).
     @return: a Deferred firing with the L{ShutdownReport} once everything is
@@ -252,7 +254,7 @@ def stop_server(server, stop_children):
     clock = server.reactor
     timeout = server.config.shutdown_timeout
     started = clock.seconds()
-    yield _stop_mi(server)
+    yield server.close_mi()
     _log.info("shutdown: MI closed; delivering what the transports hold for up to "
               "{timeout:g} s", timeout=timeout)
     transports = dict(server.transports)

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from evsrv import __version__
 from evsrv.config import ConfigError, read_config
-from evsrv.server import EvsrvService, module_factories, transport_factories
+from evsrv.server import create_server_from_config, module_factories, transport_factories
 from evsrv.util.twisted_private import twistd_default_log_observer
 
 
@@ -125,7 +125,8 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor  # the global one: installed only when needed
     try:
         config = read_config(options["config"], transport_factories(), module_factories())
-        service = EvsrvService(config, reactor, ignore_store=bool(options["ignore-store"]))
+        service = create_server_from_config(config, reactor,
+                                            ignore_store=bool(options["ignore-store"]))
         service.listen()
     except ConfigError as e:
         sys.stderr.write(f"evsrv: {e}\n")

@@ -70,16 +70,22 @@ class RecordingTransport:
             d.callback(outcome)
 
 
-def memory_evi(*events, scheme="test"):
+def memory_evi(*events, scheme="test", clock=None, statistics=None, **parts):
     """
     An L{EventInterface} on a L{Clock} with one L{RecordingTransport},
     with C{events} published.
 
+    @param clock: the clock (default: a new L{Clock}), for parts made
+        beforehand on the same one (a journal).
+    @param statistics: default: a new L{Statistics}.
+    @param parts: the L{EventInterface}'s keyword arguments: C{policy},
+        C{journal}, C{limits} (an L{evsrv.evi.Limits}), C{recent}.
     @return: C{(evi, clock, transport)}.
     """
-    clock = Clock()
+    clock = Clock() if clock is None else clock
     transport = RecordingTransport(scheme)
-    evi = EventInterface(clock, {scheme: transport}, Statistics())
+    evi = EventInterface(clock, {scheme: transport},
+                         Statistics() if statistics is None else statistics, **parts)
     for name in events:
         evi.publish(name)
     return evi, clock, transport

@@ -14,7 +14,7 @@ from evsrv.mi.controller import Command, MIController
 from evsrv.modules import ModuleContext
 from evsrv.modules.core import CoreThresholds
 from evsrv.testing import memory_evi
-from tests.conftest import make_config, until
+from tests.conftest import BASE_INI, make_config, until
 from tests.test_evi import result_of
 
 
@@ -171,6 +171,31 @@ def test_unknown_module_or_key_is_a_startup_error(tmpdir_short):
         make_config("[modules]\nload = pike\n[module:pike]\ncolour = red\n", tmpdir_short)
     with pytest.raises(ConfigError, match=r"\[module:pike\] limit: bad value '0': must be"):
         make_config("[modules]\nload = pike\n[module:pike]\nlimit = 0\n", tmpdir_short)
+
+
+def test_a_module_that_refuses_its_settings_names_the_file_section_and_key(tmpdir_short):
+    from evsrv.config import parse_config
+    from evsrv.interfaces import PluginConfigError
+    from evsrv.modules import ModuleFactory
+    from evsrv.server import create_server_from_config, module_factories, transport_factories
+
+    def picky(settings, context):
+        raise PluginConfigError("certificate", f"no such file: {settings['certificate']}")
+
+    def whole(settings, context):
+        raise PluginConfigError(None, "needs a [module:core] too")
+    modules = dict(module_factories(),
+                   picky=ModuleFactory("picky", {"certificate": ("x.pem", str, "a file")}, picky),
+                   whole=ModuleFactory("whole", {}, whole))
+    source = "/etc/evsrv/evsrv.ini"
+    for name, expected in (("picky", f"{source}: [module:picky] certificate: no such file: x.pem"),
+                           ("whole", f"{source}: [module:whole]: needs a [module:core] too")):
+        # with a store: it is opened before the modules are built, and closed again
+        text = BASE_INI + f"[modules]\nload = {name}\n[store]\ndirectory = state\n"
+        config = parse_config(text, source, tmpdir_short, transport_factories(), modules)
+        with pytest.raises(ConfigError) as raised:
+            create_server_from_config(config, Clock(), modules=modules)
+        assert str(raised.value) == expected
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
+from evsrv.evi import Limits
 from evsrv.persistence import StoreError, StoreWriteError, SubscriptionDatabase, \
     SubscriptionJournal
 from evsrv.util.statistics import Statistics
@@ -202,9 +203,10 @@ def test_close_writes_what_is_pending_and_refuses_later_changes(tmp_path):
 
 
 def test_a_new_subscription_that_was_not_stored_is_taken_back(tmp_path, logged_errors):
-    evi, clock, _ = memory_evi("E_TEST")
+    clock = Clock()
     db = FailingDatabase(tmp_path / "s.sqlite")
-    evi.journal = SubscriptionJournal(db, clock, Statistics(), 0.01, run=sync_runner)
+    journal = SubscriptionJournal(db, clock, Statistics(), 0.01, run=sync_runner)
+    evi, clock, _ = memory_evi("E_TEST", clock=clock, journal=journal)
     d = evi.subscribe("E_TEST", "test:a", 60, origin="mi")
     clock.advance(0.01)
     assert result_of(d).check(StoreWriteError)
@@ -213,8 +215,8 @@ def test_a_new_subscription_that_was_not_stored_is_taken_back(tmp_path, logged_e
 
 
 def test_script_subscriptions_are_not_stored(tmp_path):
-    evi, clock, _ = memory_evi("E_TEST")
-    evi.journal, _, _ = make_journal(tmp_path)
+    journal, clock, _ = make_journal(tmp_path)
+    evi, clock, _ = memory_evi("E_TEST", clock=clock, journal=journal)
     sub = result_of(evi.subscribe("E_TEST", "test:a", 60, origin="script"))
     assert sub is not None and evi.journal._changes == {}
     result_of(evi.journal.close())
@@ -225,9 +227,8 @@ def test_script_subscriptions_are_not_stored(tmp_path):
 
 def test_limits_refuse_new_subscriptions_but_not_refreshes_or_removals():
     from evsrv.interfaces import LimitExceeded
-    evi, clock, _ = memory_evi("E_TEST", "E_OTHER")
-    evi.max_subscriptions_per_event = 2
-    evi.max_subscriptions = 3
+    evi, clock, _ = memory_evi("E_TEST", "E_OTHER", limits=Limits(
+        max_subscriptions=3, max_subscriptions_per_event=2))
     result_of(evi.subscribe("E_TEST", "test:a", 60, origin="mi"))
     result_of(evi.subscribe("E_TEST", "test:b", 5, origin="mi"))
     failure = result_of(evi.subscribe("E_TEST", "test:c", 60, origin="mi"))
@@ -244,8 +245,7 @@ def test_limits_refuse_new_subscriptions_but_not_refreshes_or_removals():
 
 def test_params_over_the_limit_are_refused():
     from evsrv.interfaces import LimitExceeded
-    evi, clock, transport = memory_evi("E_TEST")
-    evi.max_params_bytes = 100
+    evi, clock, transport = memory_evi("E_TEST", limits=Limits(max_params_bytes=100))
     result_of(evi.subscribe("E_TEST", "test:a"))
     assert result_of(evi.raise_event("E_TEST", {"x": "a" * 90})).subscribers == 1
     failure = result_of(evi.raise_event("E_TEST", {"x": "é" * 50}))  # 101 bytes
@@ -504,10 +504,12 @@ def _runs(prefix) -> bool:
         return False
 
 
-# the tests run as root, whom no permission refuses: the server runs as
-# nobody (when nobody can run this Python), or the directory is mounted
-# read-only in a mount namespace of the test's own
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# the tests run as root, whom no permission refuses: the server runs without
+# the capabilities that let root pass permission checks (the directory then
+# belongs to nobody), or the directory is mounted read-only in a mount
+# namespace of the test's own
+WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+               "--inh-caps=-dac_override,-dac_read_search"]
 
 
 def _read_only(directory):
@@ -516,7 +518,7 @@ def _read_only(directory):
             f"mount -o remount,bind,ro {directory} && exec \"$@\"", "sh"]
 
 
-@pytest.mark.parametrize("how", ["nobody", "read-only"])
+@pytest.mark.parametrize("how", ["no permission", "read-only"])
 def test_a_store_directory_that_is_not_writable_says_so(tmpdir_short, how):
     # Not an "unreadable store" that --ignore-store would set aside: the
     # directory cannot be written, and the message says what helps.
@@ -525,12 +527,14 @@ def test_a_store_directory_that_is_not_writable_says_so(tmpdir_short, how):
     ini = tmpdir_short / "evsrv.ini"
     ini.write_text("[mi]\nudp = 127.0.0.1:0\n[store]\ndirectory = state\n")
     os.chmod(tmpdir_short, 0o755)
-    if how == "nobody":
-        prefix, reason = AS_NOBODY, "permission denied) by this user (uid 65534)"
+    if how == "no permission":
+        os.chown(state, 65534, 65534)
+        prefix, reason = WITHOUT_DAC, "permission denied) by this user (uid 0)"
     else:
         prefix, reason = _read_only(state), "read-only file system) by this user (uid 0)"
-    if os.geteuid() != 0 or not _runs(prefix):
-        pytest.skip(f"cannot run this Python {how} here")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to take permissions away from itself (CI runs as root)")
+    assert _runs(prefix), f"{prefix[0]} cannot run this Python here"
     for extra in ((), ("--ignore-store",)):
         proc = subprocess.run(
             [*prefix, sys.executable, "-m", "twisted", "--log-format=text", "evsrv",

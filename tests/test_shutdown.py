@@ -14,6 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import pytest_twisted
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -24,8 +25,8 @@ from zope.interface import alsoProvides, implementer
 
 from evsrv import exitstatus
 from evsrv.mi.protocol import ListeningPorts
-from evsrv.shutdown import (DRAIN_GRACE, DRAIN_POLL, NO_REPORT, DrainResult, stop_server,
-                            wait_drained)
+from evsrv.shutdown import (DRAIN_GRACE, DRAIN_POLL, NO_REPORT, DrainResult, close_listeners,
+                            stop_server, wait_drained)
 from evsrv.util.statistics import Statistics
 from evsrv.transports import TransportCounters
 from evsrv.interfaces import ICounted, IDrainable
@@ -133,11 +134,11 @@ def fake_server(timeout=5.0, journal_error=None, names=("tcp", "xmlrpc")):
     server.reactor = clock
     server.config = SimpleNamespace(shutdown_timeout=timeout)
     server.transports = {n: FakeTransport(n, steps, statistics) for n in names}
-    server.mi_ports = [FakePort(steps)]
-    server._mi_paths = []
-    ListeningPorts(server.mi_ports).setServiceParent(server)
-    server.http = FakeHTTP(steps)
-    server.http.setServiceParent(server)
+    listening = ListeningPorts([FakePort(steps)])
+    listening.setServiceParent(server)
+    http = FakeHTTP(steps)
+    http.setServiceParent(server)
+    server.close_mi = lambda: close_listeners([listening, http])
     server.journal = FakeJournal(steps, journal_error)
 
     def stop_children():
@@ -257,6 +258,35 @@ def test_no_store_is_nothing_to_persist():
     report = result_of(stop_server(server, stop_children))
     assert report.persisted is None and report.status == 0
     assert "subscriptions not stored ([store] backend = none)" in report.summary()
+
+
+class BrokenPort:
+    def stopListening(self):
+        raise OSError("cannot close")
+
+
+def test_close_listeners_logs_what_fails_and_removes_the_socket_files(tmp_path, logged_errors):
+    steps = []
+    socket_file = tmp_path / "mi.sock"
+    socket_file.write_bytes(b"")
+    http = FakeHTTP(steps)
+    d = close_listeners([http], [FakePort(steps), BrokenPort()],
+                        [str(socket_file), str(tmp_path / "gone.sock")])
+    assert result_of(d) is None  # fired, and did not fail
+    assert steps == ["http", "mi"]
+    assert len(logged_errors.flush(OSError)) == 1
+    assert not socket_file.exists()  # a file already gone is no error
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_server_closes_its_mi_and_removes_its_socket_file(server_factory):
+    from twisted.internet import reactor
+    server = server_factory()
+    [path] = server.mi_socket_paths
+    assert os.path.exists(path)
+    yield server.close_mi()
+    assert not os.path.exists(path)
+    assert not set(server.mi_ports) & set(reactor.getReaders())
 
 
 # -- exit status -----------------------------------------------------------------------

@@ -4,7 +4,6 @@ served on the HTTP site of an in-process server, and rendered by a real
 headless Chromium against a real server process.
 """
 
-import collections
 import json
 import os
 import re
@@ -35,8 +34,7 @@ def _page(evi, clock):
 
 
 def test_page_shows_state_and_counts_ttl_down():
-    evi, clock, transport = memory_evi("E_X", "E_Y")
-    evi.recent_raises = collections.deque(maxlen=2)
+    evi, clock, transport = memory_evi("E_X", "E_Y", recent=2)
     clock.advance(1000)
     evi.subscribe("E_X", "test:a", 60)
     evi.subscribe("E_X", "test:forever")
@@ -59,8 +57,7 @@ def test_page_shows_state_and_counts_ttl_down():
 
 
 def test_page_escapes_client_values():
-    evi, clock, transport = memory_evi("E_X")
-    evi.recent_raises = collections.deque(maxlen=5)
+    evi, clock, transport = memory_evi("E_X", recent=5)
     evi.subscribe("E_X", "test:" + HOSTILE, 60)
     transport.fail.add("test:" + HOSTILE)
     evi.raise_event("E_X", {"who": HOSTILE})

@@ -6,6 +6,7 @@ listener. The MI, the routing script and modules all go through it.
 
 import collections
 import re
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -42,15 +43,41 @@ class NestingError(RuntimeError):
     """
 
 
+@dataclass(frozen=True)
+class Limits:
+    """
+    The C{[limits]} an L{EventInterface} keeps; C{0} means no limit.
+
+    @ivar max_subscriptions: subscriptions in all.
+    @ivar max_subscriptions_per_event: subscribers of one event.
+    @ivar max_params_bytes: bytes of the parameter names and values of one raise.
+    """
+    max_subscriptions: int = 0
+    max_subscriptions_per_event: int = 0
+    max_params_bytes: int = 0
+
+
 class EventInterface:
     """
+    Everything it needs is given at construction (L{evsrv.server} builds
+    the parts first); nothing is filled in from outside afterwards.
+
     @param clock: C{IReactorTime} provider used for subscription times.
     @param transports: mapping of scheme to L{IEventTransport}.
     @param statistics: L{evsrv.util.statistics.Statistics}.
+    @param policy: an L{evsrv.evi.policy.DestinationPolicy} (or C{None}: every
+        destination allowed): C{check(destination, transport)} returns the
+        destination, or raises L{evsrv.interfaces.DestinationRefused}.
+    @param journal: an L{evsrv.persistence.SubscriptionJournal} (or C{None}:
+        nothing stored): MI subscriptions are answered once stored.
+    @param limits: the L{Limits} (default: none).
+    @param recent: how many of the last raises to keep in L{recent_raises}
+        (for the HTTP status page); C{0}: none, nothing on the hot path.
     """
     _log = Logger()
 
-    def __init__(self, clock, transports, statistics):
+    def __init__(self, clock, transports, statistics, *, policy=None, journal=None,
+                 limits=None, recent=0):
         self.clock = clock
         self.transports = dict(transports)
         for transport in self.transports.values():
@@ -66,22 +93,42 @@ class EventInterface:
         statistics.gauge("evi", "events", lambda: len(self.events))
         statistics.gauge("evi", "subscriptions", lambda: self.store.size)
         self._depth = 0
+        self._policy = policy
+        self._journal = journal
+        self._limits = Limits() if limits is None else limits
+        self._max_params_bytes = self._limits.max_params_bytes  # read on every raise
         # callables (report, seconds) told how long each delivery took
-        # (the core module's E_CORE_THRESHOLD); empty: nothing is measured
-        self.report_observers = []
+        # (L{observe_reports}); empty: nothing is measured
+        self._report_observers = []
         # the last raises as (time, name, params, DeliveryReport), for the
-        # HTTP status page; maxlen 0 (nothing kept) unless the server sets it
-        self.recent_raises = collections.deque(maxlen=0)
-        # evsrv.evi.policy.DestinationPolicy (or None): check(destination,
-        # transport) returns the destination, or raises DestinationRefused
-        self.destination_policy = None
-        # evsrv.persistence.SubscriptionJournal (or None): MI subscriptions
-        # are answered once stored
-        self.journal = None
-        # [limits]; 0 means no limit
-        self.max_subscriptions = 0
-        self.max_subscriptions_per_event = 0
-        self.max_params_bytes = 0
+        # HTTP status page; maxlen 0: nothing kept
+        self.recent_raises = collections.deque(maxlen=recent)
+
+    @property
+    def destination_policy(self):
+        """
+        The destination policy given at construction, or C{None}.
+        """
+        return self._policy
+
+    @property
+    def journal(self):
+        """
+        The subscription journal given at construction, or C{None}.
+        """
+        return self._journal
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    def observe_reports(self, observer) -> None:
+        """
+        Have C{observer(report, seconds)} told, once each raise has settled,
+        its L{DeliveryReport} and how long its delivery took (the core
+        module's C{E_CORE_THRESHOLD}). Registered while the server is built.
+        """
+        self._report_observers.append(observer)
 
     # -- events ---------------------------------------------------------
 
@@ -148,8 +195,8 @@ class EventInterface:
                 f"unknown or disabled transport {scheme[:40]!r} (enabled: "
                 f"{', '.join(sorted(self.transports)) or 'none'})"))
         d = maybeDeferred(transport.parse, scheme, rest)
-        if self.destination_policy is not None:
-            d.addCallback(self.destination_policy.check, transport)
+        if self._policy is not None:
+            d.addCallback(self._policy.check, transport)
         if IAdmission.providedBy(transport):
             # resources (a broker connection) only for a socket the policy passed
             d.addCallback(transport.admit)
@@ -177,7 +224,7 @@ class EventInterface:
         if expire is not None and expire < 0:
             return fail(ValueError("negative expire"))
         d = self.parse_socket(socket)
-        journal = self.journal if origin == "mi" and record else None
+        journal = self._journal if origin == "mi" and record else None
 
         def parsed(result):
             transport, destination = result
@@ -220,14 +267,14 @@ class EventInterface:
         @raise LimitExceeded: a new subscription of C{event} would pass a
             C{[limits]} value (expired ones are purged before saying so).
         """
-        per_event = self.max_subscriptions_per_event
+        per_event = self._limits.max_subscriptions_per_event
         if per_event and len(event.subscriptions) >= per_event:
             self.subscribers(event)
             if len(event.subscriptions) >= per_event:
                 raise LimitExceeded(
                     f"{event.name} has {per_event} subscribers, the most "
                     f"[limits] max_subscriptions_per_event allows")
-        total = self.max_subscriptions
+        total = self._limits.max_subscriptions
         if total and self.store.size >= total:
             self.store.expire_due(self.clock.seconds(), self._expired_hook)
             if self.store.size >= total:
@@ -313,7 +360,7 @@ class EventInterface:
             return fail(UnknownEvent(name))
         try:
             params = params if type(params) is tuple else make_params(params)
-            if self.max_params_bytes:
+            if self._max_params_bytes:
                 self.check_params(params)
         except (TypeError, ValueError, LimitExceeded) as e:
             return fail(e)
@@ -363,14 +410,14 @@ class EventInterface:
         finally:
             self._depth -= 1
         if not pending:
-            if self.report_observers:
+            if self._report_observers:
                 self._observe(report, notification.raised_at)
             return succeed(report)
 
         def settled(outcomes):
             for outcome in outcomes:
                 report.add(outcome)
-            if self.report_observers:
+            if self._report_observers:
                 self._observe(report, notification.raised_at)
             return report
         return gatherResults(pending, consumeErrors=True).addCallback(settled)
@@ -380,7 +427,7 @@ class EventInterface:
         @raise LimitExceeded: the parameters' names and values take more than
             C{[limits] max_params_bytes} (UTF-8 text, ints as decimal digits).
         """
-        limit = self.max_params_bytes
+        limit = self._max_params_bytes
         if not limit:
             return
         # a character is at most 4 bytes: encode only when it could matter
@@ -398,5 +445,5 @@ class EventInterface:
 
     def _observe(self, report, raised_at):
         elapsed = self.clock.seconds() - raised_at
-        for observer in self.report_observers:
+        for observer in self._report_observers:
             observer(report, elapsed)

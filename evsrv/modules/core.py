@@ -64,7 +64,7 @@ class CoreThresholds(Service):
         statistics.gauge("core", "resident_memory", memory)
         if self.exec_threshold > 0:
             context.controller.observers.append(self._mi_timed)
-            self.evi.report_observers.append(self._delivery_timed)
+            self.evi.observe_reports(self._delivery_timed)
         self._checker = LoopingCall(self.check)
         self._checker.clock = self.clock
 

@@ -13,6 +13,41 @@ from evsrv.interfaces import BadSocket
 from evsrv.util.statistics import Statistics
 
 
+class LateBinding:
+    """
+    A part of the server made after the transports, for the transports that
+    need it: the L{EventInterface} is made from the transports, yet
+    C{virtual:} parses its members' sockets through it and flatstore looks
+    up its subscriptions. The server makes the binding before the
+    transports, hands it to them in the L{TransportContext}, and L{bind}s it
+    once the part exists: the one two-phase step of the assembly
+    (L{evsrv.server}). Until then L{get} returns C{None}: read it when it is
+    needed (parsing a socket, an MI command), never while being built.
+
+    @ivar what: what it binds, for the error of a second L{bind}.
+    """
+
+    def __init__(self, what="the event interface"):
+        self.what = what
+        self._target = None
+
+    def bind(self, target) -> None:
+        """
+        Bind the part, once.
+
+        @raise RuntimeError: it is already bound to another one.
+        """
+        if self._target is not None and self._target is not target:
+            raise RuntimeError(f"{self.what} is already bound")
+        self._target = target
+
+    def get(self):
+        """
+        @return: the bound part, or C{None} before L{bind}.
+        """
+        return self._target
+
+
 @dataclass
 class TransportContext:
     """
@@ -21,14 +56,23 @@ class TransportContext:
     @ivar reactor: the reactor (or a fake in tests).
     @ivar statistics: where the transport registers its counters.
     @ivar base_dir: directory relative paths are taken from.
-    @ivar evi: the L{EventInterface}, set once it exists (after every
-        transport is built): for transports that parse other sockets
-        (C{virtual:}) or raise events themselves. Use it lazily.
+    @ivar event_interface: a L{LateBinding} of the L{EventInterface}, bound
+        by the server once it exists (after every transport is built): for
+        transports that parse other sockets (C{virtual:}) or read the
+        subscriptions. Keep the binding; call its C{get()} when needed.
     """
     reactor: object
     statistics: Statistics = field(default_factory=Statistics)
     base_dir: Path = field(default_factory=Path.cwd)
-    evi: object = None
+    event_interface: LateBinding = field(default_factory=LateBinding)
+
+    @property
+    def evi(self):
+        """
+        The L{EventInterface} once bound, else C{None} (the same as
+        C{event_interface.get()}, for transports that read it here).
+        """
+        return self.event_interface.get()
 
 
 def choice(*allowed):
