@@ -169,8 +169,9 @@ class EvsrvService(MultiService):
         self.statistics = Statistics()
 
         events = LateBinding("the event interface")
+        self._script_binding = LateBinding("the routing script")
         context = TransportContext(reactor, self.statistics, config.base_dir,
-                                   event_interface=events)
+                                   event_interface=events, script=self._script_binding)
         self.transports = build_transports(
             config, transport_factories() if factories is None else factories, context, self)
         by_scheme = {scheme: transport for transport in self.transports.values()
@@ -316,9 +317,7 @@ class EvsrvService(MultiService):
             self.script.prepare()
         except ScriptLoadError as e:
             raise ConfigError(self.config.source, "script", "path", str(e)) from None
-        route = self.transports.get("route")
-        if route is not None:
-            route.runner = self.script
+        self._script_binding.bind(self.script)
         self.controller.register(Command(
             "reload_routes", [[]], self._reload_routes,
             help="Loads the routing script again; MI subscriptions stay. On an error the "

@@ -14,6 +14,7 @@ from evsrv.evi import Param
 from evsrv.script import EventContext, ScriptError, ScriptLoadError, ScriptRunner, event_params
 from evsrv.script.transport import RouteTransport
 from evsrv.testing import memory_evi
+from evsrv.transports import LateBinding
 from tests.test_evi import result_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +29,14 @@ def scripted(tmp_path):
 
     def make(text, start=True):
         evi, clock, recorder = memory_evi()
-        route = RouteTransport("route", evi.statistics)
+        script = LateBinding("the routing script")
+        route = RouteTransport("route", evi.statistics, script)
         evi.transports["route"] = route
         path = tmp_path / "routes.py"
         path.write_text(textwrap.dedent(text))
         runner = ScriptRunner(path, evi, clock, evi.statistics)
         runner.prepare()
-        route.runner = runner
+        script.bind(runner)
         if start:
             runner.startService()
         runners.append(runner)

@@ -27,7 +27,7 @@ class MIController:
         self.clock = clock
         # callables (method, seconds) told how long each command took
         # (the core module's E_CORE_THRESHOLD); empty: nothing is measured
-        self.observers = []
+        self._observers = []
         self._requests = statistics.counter("mi", "requests")
         self._errors = statistics.counter("mi", "errors")
         # seconds a command that answers later (a subscribe waiting for its
@@ -35,6 +35,14 @@ class MIController:
         # that it timed out; None: no bound (needs a clock)
         self.request_timeout = request_timeout if clock is not None else None
         self._timed_out = statistics.counter("mi", "requests_timed_out")
+
+    def observe_commands(self, observer) -> None:
+        """
+        Tell C{observer(method, seconds)} how long each command takes (the
+        core module's E_CORE_THRESHOLD); nothing is timed until one is
+        registered.
+        """
+        self._observers.append(observer)
 
     def register(self, command: Command) -> None:
         for name in (command.name, *command.aliases):
@@ -53,7 +61,7 @@ class MIController:
         @return: Deferred firing with the result, or failing with L{MIError}.
         """
         self._requests.value += 1
-        if self.observers and self.clock is not None:
+        if self._observers and self.clock is not None:
             d = maybeDeferred(self._run, method, params, dialect)
             d.addBoth(self._timed, method, self.clock.seconds())
         else:
@@ -95,7 +103,7 @@ class MIController:
 
     def _timed(self, result, method, started):
         elapsed = self.clock.seconds() - started
-        for observer in self.observers:
+        for observer in self._observers:
             observer(method, elapsed)
         return result
 

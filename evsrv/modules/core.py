@@ -63,7 +63,7 @@ class CoreThresholds(Service):
         statistics.gauge("load", "cpu", lambda: round(self._load))
         statistics.gauge("core", "resident_memory", memory)
         if self.exec_threshold > 0:
-            context.controller.observers.append(self._mi_timed)
+            context.controller.observe_commands(self._mi_timed)
             self.evi.observe_reports(self._delivery_timed)
         self._checker = LoopingCall(self.check)
         self._checker.clock = self.clock

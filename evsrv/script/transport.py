@@ -10,7 +10,7 @@ from zope.interface import implementer
 from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, ICounted, IEventTransport, IPeerHosts
-from evsrv.transports import TransportCounters
+from evsrv.transports import LateBinding, TransportCounters
 from evsrv.transports.factories import TransportFactory
 
 
@@ -18,10 +18,22 @@ from evsrv.transports.factories import TransportFactory
 class RouteTransport:
     schemes = ("route",)
 
-    def __init__(self, name, statistics):
+    def __init__(self, name, statistics, script=None):
+        """
+        @param script: a L{evsrv.transports.LateBinding} of the
+            L{ScriptRunner}, bound by the server once the script is loaded
+            (the script is made after the transports).
+        """
         self.name = name
         self.counters = TransportCounters(statistics, name)
-        self.runner = None  # the ScriptRunner, attached by the server
+        self._script = LateBinding("the routing script") if script is None else script
+
+    @property
+    def runner(self):
+        """
+        The loaded L{ScriptRunner}, or C{None} (no C{[script]}).
+        """
+        return self._script.get()
 
     def parse(self, scheme, rest):
         if self.runner is None:
@@ -52,7 +64,7 @@ class RouteTransport:
 
 
 def _build_route(settings, context):
-    return RouteTransport("route", context.statistics)
+    return RouteTransport("route", context.statistics, context.script)
 
 
 routeTransport = TransportFactory(

@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from evsrv.interfaces import BadSocket
+from evsrv.transports.kit import DEFAULT_MAX_QUEUED_BYTES, ByteBudget
 from evsrv.util.statistics import Statistics
 
 
@@ -60,11 +61,25 @@ class TransportContext:
         by the server once it exists (after every transport is built): for
         transports that parse other sockets (C{virtual:}) or read the
         subscriptions. Keep the binding; call its C{get()} when needed.
+    @ivar script: a L{LateBinding} of the routing script's runner, bound
+        once it is loaded (the C{route:} transport delivers to it); never
+        bound without a C{[script]}.
+    @ivar max_queued_bytes: C{[limits] max_queued_bytes} (0: no limit).
+    @ivar budget: the L{ByteBudget} every transport that holds
+        notifications charges them to; made from C{max_queued_bytes}, with
+        its C{evi:queued_bytes} gauge, unless given.
     """
     reactor: object
     statistics: Statistics = field(default_factory=Statistics)
     base_dir: Path = field(default_factory=Path.cwd)
     event_interface: LateBinding = field(default_factory=LateBinding)
+    script: LateBinding = field(default_factory=lambda: LateBinding("the routing script"))
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    budget: ByteBudget = None
+
+    def __post_init__(self):
+        if self.budget is None:
+            self.budget = ByteBudget(self.max_queued_bytes, self.statistics)
 
     @property
     def evi(self):
