@@ -3,6 +3,8 @@ Shared fixtures, and trial's discipline for pytest-twisted: a test fails if
 it logs an error it did not expect, or leaves a timer behind.
 """
 
+import inspect
+import re
 import shutil
 import socket
 import tempfile
@@ -20,6 +22,30 @@ from evsrv.server import EvsrvService, module_factories, transport_factories
 from evsrv.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Fixtures that start real processes (an evsrv server, an installed wheel):
+# a test using one is marked slow, as are the modules that mark themselves
+# (a broker, a browser). `make test PYTEST_ARGS='-m "not slow"'` skips them.
+SLOW_FIXTURES = {"server_process", "evsrv", "listener_process", "installed", "deployed",
+                 "production_root"}
+
+
+SLOW_CALLS = re.compile(r"\b(ServerProcess|run_evsrv|subprocess|spawn|Popen|chromium)\b")
+
+
+def pytest_collection_modifyitems(config, items):
+    sources = {}
+    for item in items:
+        function = getattr(item, "function", None)
+        if function not in sources:
+            try:
+                sources[function] = inspect.getsource(function)
+            except (OSError, TypeError):
+                sources[function] = ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or SLOW_CALLS.search(sources[function]):
+            item.add_marker(pytest.mark.slow)
 
 
 class LoggedErrors:

@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import BASE_INI
 
+# real processes (an installed wheel, evsrv servers, the official clients)
+pytestmark = pytest.mark.slow
+
 INI = BASE_INI + """\
 [http]
 listen = 127.0.0.1:0

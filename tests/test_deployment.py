@@ -25,6 +25,9 @@ from evsrv import __version__
 from evsrv.run import split_arguments
 from evsrv.tap import production_config
 
+# real processes (an installed wheel, evsrv servers, the official clients)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The absolute paths of the production setup (README, the unit, the

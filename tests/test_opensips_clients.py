@@ -20,6 +20,9 @@ import pytest
 
 from tests.conftest import udp_receiver
 
+# real processes (an installed wheel, evsrv servers, the official clients)
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 OPENSIPS_MI = BIN / "opensips-mi"
 OPENSIPS_EVENT = BIN / "opensips-event"

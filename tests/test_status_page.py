@@ -133,6 +133,7 @@ def _mi(address, method, params):
     return reply["result"]
 
 
+@pytest.mark.slow
 def test_rendered_in_headless_chromium(server_process, tmpdir_short, tmp_path):
     chromium = _chromium()
     proc = server_process(BASE_INI + "[http]\nlisten = 127.0.0.1:0\n")
