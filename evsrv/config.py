@@ -4,20 +4,24 @@ The ini file, read and checked apart from building anything: unknown
 sections or keys, bad values and unreadable files are L{ConfigError}s that
 name the file, section and key in one line.
 
+Every core setting is declared once, in L{SCHEMA}: its default (as ini
+text), its coercer and its help, the shape plugins use for their
+C{options}. The parser reads from it, the dataclasses below take their
+defaults from it, and C{tests/test_config_schema.py} checks
+C{docs/configuration.md} and C{etc/evsrv.ini} against it.
+
 Relative paths are taken from the ini file's directory (from the working
 directory for the embedded default).
 """
 
 import configparser
-import grp
-import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-
-from evsrv.util.coercers import seconds as _seconds
 from evsrv.evi.events import MAX_EVENT_NAME
+from evsrv.util.coercers import (bounded, choice, comma_list, group_name, non_negative,
+                                 octal_mode, positive, seconds, user_name)
 from evsrv.util.hostport import parse_host_port
 from evsrv.util.netlist import LOOPBACK, NetworkList
 
@@ -75,18 +79,207 @@ DEFAULT_DENIED_DESTINATIONS = (
     "fd00:42::42")
 
 
+# -- coercers of the core settings (the generic ones: evsrv.util.coercers) ---
+
+def _listen_address(text: str) -> tuple:
+    # a listener binds an address: an IP literal
+    return parse_host_port(text, names=False)
+
+
+def _listen_addresses(text: str) -> list:
+    return [_listen_address(a) for a in comma_list(text)]
+
+
+def _optional_listen_address(text: str) -> tuple | None:
+    return _listen_address(text) if text else None
+
+
+def _paths(text: str) -> list:
+    # relative to the ini file's directory: parse_config resolves them
+    return [Path(p) for p in comma_list(text)]
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _url_path(text: str) -> str:
+    if text and (not text.startswith("/") or not text.isascii() or not text.isprintable()
+                 or any(c in text for c in " ?#")):
+        raise ValueError("must be empty (off) or a URL path such as /mi")
+    return text
+
+
+def _event_name(text: str) -> str:
+    if len(text.encode()) > MAX_EVENT_NAME or not text.replace("_", "a").isalnum():
+        raise ValueError(f"bad event name {text!r} (letters, digits and _, "
+                         f"at most {MAX_EVENT_NAME} bytes)")
+    return text
+
+
+def _event_names(text: str) -> list:
+    return [_event_name(e) for e in comma_list(text)]
+
+
+# -- the schema --------------------------------------------------------------
+
+class Setting(NamedTuple):
+    """
+    One ini key: the shape of a plugin's C{options} values, C{(default,
+    coerce, help)}.
+    """
+    default: str | None  # ini text; None: worked out by parse_config (help says how)
+    coerce: Callable     # text -> value, or ValueError with the reason
+    help: str            # the meaning column of docs/configuration.md (markdown)
+
+
+LISTENER_SECTION = "mi:udp:HOST:PORT"  # one per [mi] udp listener, HOST:PORT as written there
+
+# section -> key -> Setting, in reading order (which error a file with several
+# shows first). docs/configuration.md's reference table has a row for each,
+# with this default and help (tests/test_config_schema.py).
+SCHEMA = {
+    "mi": {
+        "udp": Setting("", _listen_addresses,
+                       "comma-separated `HOST:PORT` UDP MI listeners (`[v6]:PORT` for IPv6; "
+                       "port 0 = any)"),
+        "unix": Setting("", _paths,
+                        "comma-separated UNIX datagram MI socket paths; a stale socket file is "
+                        "replaced, a live one is refused"),
+        "unix_mode": Setting("0660", octal_mode(0o777, "0660"),
+                             "file mode of the UNIX sockets (clients need write permission)"),
+        "unix_owner": Setting("", user_name,
+                              "user name given the UNIX socket files (needs root)"),
+        "unix_group": Setting("", group_name, "group name given the UNIX socket files"),
+        "max_datagram": Setting("65457", bounded(int, 512, 65507), "largest reply datagram"),
+        "request_timeout": Setting("10", positive(float),
+                                   "seconds before a command still running is answered "
+                                   "`500 Request timed out` (its outcome unknown; it runs on)"),
+        "allow": Setting(LOOPBACK, NetworkList.parse,
+                         "sources the UDP listeners serve: networks or addresses, `any`, "
+                         "`none`; others get no reply"),
+    },
+    LISTENER_SECTION: {
+        "allow": Setting(LOOPBACK, NetworkList.parse,
+                         "this listener's own allow list, replacing `[mi] allow` (`HOST:PORT` "
+                         "as in `[mi] udp`)"),
+    },
+    "http": {
+        # off unless the ini says so; the embedded default turns it on
+        "listen": Setting("", _optional_listen_address,
+                          "`HOST:PORT` of the HTTP site (MI, metrics and status page; "
+                          "`[v6]:PORT`; port 0 = any)"),
+        "mi_path": Setting("/mi", _url_path, "path of the JSON-RPC MI (empty: off)"),
+        "metrics_path": Setting("/metrics", _url_path,
+                                "path of the Prometheus metrics (empty: off)"),
+        "max_request": Setting("1048576", bounded(int, 1024, 1 << 30, "bytes"),
+                               "largest request body, bytes (larger: 413, connection closed)"),
+        "idle_timeout": Setting("60", positive(float),
+                                "seconds a connection may stay silent (between keep-alive "
+                                "requests too) before it is closed; also the time a request "
+                                "body has in all, from the end of its headers (past it: 408)"),
+        "header_timeout": Setting("10", positive(float),
+                                  "seconds a client has to send a request line and all headers, "
+                                  "from the connection's start (keep-alive: from the next "
+                                  "request's first byte), however steadily the bytes come; past "
+                                  "it: 408, connection closed, counted in "
+                                  "`http:requests_timed_out`"),
+        "status_path": Setting("/status", _url_path,
+                               "path of the HTML status page (empty: off)"),
+        "status_recent": Setting("20", bounded(int, 0, 1000),
+                                 "raised events the status page lists (0–1000)"),
+        "allow": Setting(LOOPBACK, NetworkList.parse,
+                         "client addresses the HTTP site serves; others are disconnected at "
+                         "once"),
+    },
+    "events": {
+        "publish": Setting("", _event_names,
+                           "events published at start-up after the core ones"),
+    },
+    "expiry": {
+        "interval": Setting("1.0", positive(float), "seconds between expiry sweeps"),
+    },
+    "transports": {
+        "enabled": Setting(None, comma_list,
+                           "transport plugins to load, by name"),
+    },
+    "modules": {
+        "load": Setting("", comma_list,
+                        "module plugins to load, by name (see [Modules](scripting.md#modules))"),
+    },
+    "script": {
+        "path": Setting("", _optional_path,
+                        "the routing script (see [Routing script](scripting.md#routing-script))"),
+    },
+    "store": {
+        "backend": Setting("sqlite", choice("sqlite", "none"),
+                           "`sqlite`: MI subscriptions survive restarts; `none`: memory only"),
+        "directory": Setting("var", Path,
+                             "the state directory (`subscriptions.sqlite` in it), relative to "
+                             "the ini file"),
+        "sync": Setting("full", choice("full", "normal"),
+                        "`full`: an answered subscribe survives a power cut; `normal`: a crash "
+                        "of evsrv"),
+        "batch_delay": Setting("0.01",
+                               bounded(float, 0, 1, "second (MI clients wait 0.1 s for answers)"),
+                               "seconds a change waits for others to share its disk sync (0–1)"),
+    },
+    "policy": {
+        "allow_destinations": Setting("any", NetworkList.parse,
+                                      "networks subscribers' destinations must be in (after "
+                                      "name resolution)"),
+        "deny_destinations": Setting(DEFAULT_DENIED_DESTINATIONS, NetworkList.parse,
+                                     "networks no destination may be in (wins over allow; an "
+                                     "IPv6 address carrying an IPv4 one is judged by both); by "
+                                     "default \"this host\", link-local, multicast, reserved "
+                                     "and broadcast, and the cloud metadata and platform "
+                                     "addresses (see [Destination policy](security.md#"
+                                     "destination-policy-where-subscribers-may-make-evsrv-send))"),
+    },
+    "limits": {
+        "max_subscriptions": Setting("250000", non_negative(int, "no limit"),
+                                     "subscriptions in all (0: no limit)"),
+        "max_subscriptions_per_event": Setting("100000", non_negative(int, "no limit"),
+                                               "subscriptions of one event (0: no limit)"),
+        "max_params_bytes": Setting("1048576", non_negative(int, "no limit"),
+                                    "bytes of parameter names and values in one raise "
+                                    "(0: no limit)"),
+        "max_queued_bytes": Setting("67108864", non_negative(int, "no limit"),
+                                    "bytes of notifications the transports hold in all "
+                                    "(queued, or awaiting a reply or confirm); what does "
+                                    "not fit is dropped and counted (0: no limit)"),
+    },
+    "shutdown": {
+        "timeout": Setting("10", seconds,
+                           "seconds the transports get at SIGTERM to deliver what they hold "
+                           "(after the MI has closed); 0: do not wait, drop it (and report it)"),
+    },
+}
+
+
+def _default(section: str, key: str):
+    """
+    A dataclass field defaulting to what C{SCHEMA[section][key]}'s default
+    text gives (a relative path stays relative: parse_config resolves it).
+    """
+    setting = SCHEMA[section][key]
+    return field(default_factory=lambda: setting.coerce(setting.default))
+
+
+# -- what the parser returns ---------------------------------------------------
+
 @dataclass
 class MIConfig:
-    udp: list = field(default_factory=list)    # [(host, port)]
-    unix: list = field(default_factory=list)   # [Path]
-    unix_mode: int = 0o660
-    unix_owner: str | None = None   # user name; None: the server's
-    unix_group: str | None = None   # group name; None: the server's
-    max_datagram: int = 65457
-    request_timeout: float = 10.0  # seconds before a pending command is answered "timed out"
+    udp: list = _default("mi", "udp")    # [(host, port)]
+    unix: list = _default("mi", "unix")  # [Path]
+    unix_mode: int = _default("mi", "unix_mode")
+    unix_owner: str | None = _default("mi", "unix_owner")  # user name; None: the server's
+    unix_group: str | None = _default("mi", "unix_group")  # group name; None: the server's
+    max_datagram: int = _default("mi", "max_datagram")
+    request_timeout: float = _default("mi", "request_timeout")  # seconds
     # sources allowed on every UDP listener, and per-listener overrides
     # from [mi:udp:HOST:PORT] allow
-    allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
+    allow: NetworkList = _default("mi", "allow")
     listener_allow: dict = field(default_factory=dict)  # (host, port) -> NetworkList
 
     def allow_for(self, address) -> NetworkList:
@@ -95,10 +288,11 @@ class MIConfig:
 
 @dataclass
 class StoreConfig:
-    backend: str = "sqlite"       # "sqlite" or "none"
-    directory: Path | None = None  # the state directory (made at start-up)
-    sync: str = "full"            # SQLite synchronous: "full" (power-loss safe) or "normal"
-    batch_delay: float = 0.01     # seconds a change waits for others to share its disk sync
+    backend: str = _default("store", "backend")      # "sqlite" or "none"
+    directory: Path = _default("store", "directory")  # the state directory (made at start-up)
+    # SQLite synchronous: "full" (power-loss safe) or "normal"
+    sync: str = _default("store", "sync")
+    batch_delay: float = _default("store", "batch_delay")  # seconds
 
     @property
     def path(self) -> Path | None:
@@ -109,32 +303,30 @@ class StoreConfig:
 
 @dataclass
 class PolicyConfig:
-    allow_destinations: NetworkList = field(default_factory=lambda: NetworkList.parse("any"))
-    deny_destinations: NetworkList = field(
-        default_factory=lambda: NetworkList.parse(DEFAULT_DENIED_DESTINATIONS))
+    allow_destinations: NetworkList = _default("policy", "allow_destinations")
+    deny_destinations: NetworkList = _default("policy", "deny_destinations")
 
 
 @dataclass
 class LimitsConfig:
     # 0 means no limit
-    max_subscriptions: int = 250000
-    max_subscriptions_per_event: int = 100000
-    max_params_bytes: int = 1048576  # of parameter names and values in one raise
+    max_subscriptions: int = _default("limits", "max_subscriptions")
+    max_subscriptions_per_event: int = _default("limits", "max_subscriptions_per_event")
+    max_params_bytes: int = _default("limits", "max_params_bytes")
+    max_queued_bytes: int = _default("limits", "max_queued_bytes")
 
 
 @dataclass
 class HTTPConfig:
-    listen: tuple | None = None   # (host, port); None: no HTTP site
-    mi_path: str = "/mi"          # "": no MI over HTTP
-    metrics_path: str = "/metrics"  # "": no metrics
-    max_request: int = 1048576    # bytes of request body; larger: 413
-    idle_timeout: float = 60.0    # seconds a connection may stay silent; a body's deadline
-    # seconds from a connection's start (keep-alive: from the next request's
-    # first byte) to the end of its request line and headers
-    header_timeout: float = 10.0
-    status_path: str = "/status"  # "": no status page
-    status_recent: int = 20       # raised events the status page lists
-    allow: NetworkList = field(default_factory=lambda: NetworkList.parse(LOOPBACK))
+    listen: tuple | None = _default("http", "listen")  # (host, port); None: no HTTP site
+    mi_path: str = _default("http", "mi_path")            # "": no MI over HTTP
+    metrics_path: str = _default("http", "metrics_path")  # "": no metrics
+    max_request: int = _default("http", "max_request")    # bytes of request body; larger: 413
+    idle_timeout: float = _default("http", "idle_timeout")
+    header_timeout: float = _default("http", "header_timeout")
+    status_path: str = _default("http", "status_path")    # "": no status page
+    status_recent: int = _default("http", "status_recent")
+    allow: NetworkList = _default("http", "allow")
 
 
 @dataclass
@@ -144,115 +336,17 @@ class Config:
     mi: MIConfig
     events: list
     transports: dict      # name -> {key: value}, in the order enabled
-    expiry_interval: float = 1.0
-    script: Path | None = None
+    expiry_interval: float = _default("expiry", "interval")
+    script: Path | None = _default("script", "path")
     modules: dict = field(default_factory=dict)  # name -> {key: value}, in load order
     http: HTTPConfig = field(default_factory=HTTPConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    shutdown_timeout: float = 10.0  # seconds to flush queued notifications at exit
+    shutdown_timeout: float = _default("shutdown", "timeout")  # seconds
 
 
-def _udp_address(text: str) -> tuple:
-    # a listener binds an address: an IP literal
-    return parse_host_port(text, names=False)
-
-
-def _list(text: str) -> list:
-    return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _octal(text: str) -> int:
-    value = int(text, 8)
-    if not 0 <= value <= 0o777:
-        raise ValueError("must be an octal file mode such as 0660")
-    return value
-
-
-def _datagram_size(text: str) -> int:
-    value = int(text)
-    if not 512 <= value <= 65507:
-        raise ValueError("must be between 512 and 65507")
-    return value
-
-
-def _url_path(text: str) -> str:
-    if text and (not text.startswith("/") or not text.isascii() or not text.isprintable()
-                 or any(c in text for c in " ?#")):
-        raise ValueError("must be empty (off) or a URL path such as /mi")
-    return text
-
-
-def _status_recent(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 1000:
-        raise ValueError("must be between 0 and 1000")
-    return value
-
-
-def _request_size(text: str) -> int:
-    value = int(text)
-    if not 1024 <= value <= 1 << 30:
-        raise ValueError("must be between 1024 and 1073741824 bytes")
-    return value
-
-
-def _user(text: str) -> str | None:
-    if not text:
-        return None
-    try:
-        pwd.getpwnam(text)
-    except KeyError:
-        raise ValueError(f"no such user {text!r}") from None
-    return text
-
-
-def _group(text: str) -> str | None:
-    if not text:
-        return None
-    try:
-        grp.getgrnam(text)
-    except KeyError:
-        raise ValueError(f"no such group {text!r}") from None
-    return text
-
-
-def _choice(*choices):
-    def coerce(text):
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return text
-    return coerce
-
-
-def _batch_delay(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise ValueError("must be between 0 and 1 second (MI clients wait 0.1 s for answers)")
-    return value
-
-
-def _limit(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 (no limit) or more")
-    return value
-
-
-def _event_name(text: str) -> str:
-    if len(text.encode()) > MAX_EVENT_NAME or not text.replace("_", "a").isalnum():
-        raise ValueError(f"bad event name {text!r} (letters, digits and _, "
-                         f"at most {MAX_EVENT_NAME} bytes)")
-    return text
-
+# -- the parser ----------------------------------------------------------------
 
 class _Reader:
     """
@@ -281,7 +375,15 @@ class _Reader:
         except ValueError as e:
             raise self.error(section, key, f"bad value {text.strip()!r}: {e}") from None
 
-    def path(self, text: str) -> Path:
+    def section(self, section, options) -> dict:
+        """
+        The coerced value of every key of C{options} (L{SCHEMA}'s or a
+        plugin's: key -> C{(default, coerce, help)}) in C{section}.
+        """
+        return {key: self.get(section, key, default, coerce)
+                for key, (default, coerce, _help) in options.items()}
+
+    def path(self, text) -> Path:
         return (self.base_dir / Path(text).expanduser()).resolve()
 
     def check_unknown(self, known_sections):
@@ -306,13 +408,10 @@ def _plugin_settings(r, parser, kind, names, factories, listed_in):
                           f"{', '.join(sorted(factories)) or 'none'})")
         if name in chosen:
             raise r.error(*listed_in, f"{kind} {name!r} listed twice")
-        section = f"{kind}:{name}"
-        chosen[name] = {key: r.get(section, key, default, coerce)
-                        for key, (default, coerce, _help) in factories[name].options.items()}
+        chosen[name] = r.section(f"{kind}:{name}", factories[name].options)
     for name, factory in factories.items():
         if name not in chosen and parser.has_section(f"{kind}:{name}"):
-            for key, (default, coerce, _help) in factory.options.items():
-                r.get(f"{kind}:{name}", key, default, coerce)
+            r.section(f"{kind}:{name}", factory.options)
     return chosen
 
 
@@ -335,84 +434,51 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
         raise ConfigError(source, None, None, " ".join(str(e).split())) from None
     r = _Reader(parser, source, base_dir)
 
-    def addresses(text):
-        return [_udp_address(a) for a in _list(text)]
-
-    mi = MIConfig(
-        udp=r.get("mi", "udp", "", addresses),
-        unix=[r.path(p) for p in r.get("mi", "unix", "", _list)],
-        unix_mode=r.get("mi", "unix_mode", "0660", _octal),
-        unix_owner=r.get("mi", "unix_owner", "", _user),
-        unix_group=r.get("mi", "unix_group", "", _group),
-        max_datagram=r.get("mi", "max_datagram", "65457", _datagram_size),
-        request_timeout=r.get("mi", "request_timeout", "10", _positive_float),
-        allow=r.get("mi", "allow", LOOPBACK, NetworkList.parse),
-    )
+    mi = MIConfig(**r.section("mi", SCHEMA["mi"]))
+    mi.unix = [r.path(p) for p in mi.unix]
     listener_sections = set()
     for section in parser.sections():
         if section.startswith("mi:udp:"):
             try:
-                address = _udp_address(section[len("mi:udp:"):])
+                address = _listen_address(section[len("mi:udp:"):])
             except ValueError as e:
                 raise r.error(section, None, f"bad listener address: {e}") from None
             if address not in mi.udp:
                 raise r.error(section, None, "no such listener in [mi] udp")
-            mi.listener_allow[address] = r.get(section, "allow", LOOPBACK, NetworkList.parse)
+            mi.listener_allow[address] = r.section(section, SCHEMA[LISTENER_SECTION])["allow"]
             listener_sections.add(section)
     for path in mi.unix:
         if len(str(path).encode()) > 107:
             raise r.error("mi", "unix", f"UNIX socket path longer than 107 bytes: {path}")
         if not path.parent.is_dir():
             raise r.error("mi", "unix", f"directory {path.parent} does not exist")
-    http = HTTPConfig(
-        # off unless the ini says so; the embedded default turns it on
-        listen=r.get("http", "listen", "", lambda t: _udp_address(t) if t else None),
-        mi_path=r.get("http", "mi_path", "/mi", _url_path),
-        metrics_path=r.get("http", "metrics_path", "/metrics", _url_path),
-        max_request=r.get("http", "max_request", "1048576", _request_size),
-        idle_timeout=r.get("http", "idle_timeout", "60", _positive_float),
-        header_timeout=r.get("http", "header_timeout", "10", _positive_float),
-        status_path=r.get("http", "status_path", "/status", _url_path),
-        status_recent=r.get("http", "status_recent", "20", _status_recent),
-        allow=r.get("http", "allow", LOOPBACK, NetworkList.parse),
-    )
+    http = HTTPConfig(**r.section("http", SCHEMA["http"]))
     if http.mi_path and http.mi_path == http.metrics_path:
         raise r.error("http", "metrics_path", "must differ from mi_path")
     if http.status_path and http.status_path in (http.mi_path, http.metrics_path):
         raise r.error("http", "status_path", "must differ from mi_path and metrics_path")
-    events = r.get("events", "publish", "", lambda t: [_event_name(e) for e in _list(t)])
-    expiry_interval = r.get("expiry", "interval", "1.0", _positive_float)
+    events = r.section("events", SCHEMA["events"])["publish"]
+    expiry_interval = r.section("expiry", SCHEMA["expiry"])["interval"]
 
-    enabled = r.get("transports", "enabled", ", ".join(builtin_transports(transport_factories)),
-                    _list)
+    enabled = r.section("transports", SCHEMA["transports"])["enabled"]
+    if enabled is None:
+        enabled = builtin_transports(transport_factories)
     transports = _plugin_settings(r, parser, "transport", enabled, transport_factories,
                                   ("transports", "enabled"))
     module_factories = module_factories or {}
-    modules = _plugin_settings(r, parser, "module", r.get("modules", "load", "", _list),
+    modules = _plugin_settings(r, parser, "module", r.section("modules", SCHEMA["modules"])["load"],
                                module_factories, ("modules", "load"))
-    script = r.get("script", "path", "", lambda t: r.path(t) if t else None)
-    if script is not None and not script.is_file():
-        raise r.error("script", "path", f"no such file: {script}")
-    store = StoreConfig(
-        backend=r.get("store", "backend", "sqlite", _choice("sqlite", "none")),
-        directory=r.get("store", "directory", "var", r.path),
-        sync=r.get("store", "sync", "full", _choice("full", "normal")),
-        batch_delay=r.get("store", "batch_delay", "0.01", _batch_delay),
-    )
-    policy = PolicyConfig(
-        allow_destinations=r.get("policy", "allow_destinations", "any", NetworkList.parse),
-        deny_destinations=r.get("policy", "deny_destinations", DEFAULT_DENIED_DESTINATIONS,
-                                NetworkList.parse),
-    )
-    limits = LimitsConfig(
-        max_subscriptions=r.get("limits", "max_subscriptions", "250000", _limit),
-        max_subscriptions_per_event=r.get("limits", "max_subscriptions_per_event", "100000",
-                                          _limit),
-        max_params_bytes=r.get("limits", "max_params_bytes", "1048576", _limit),
-    )
-    shutdown_timeout = r.get("shutdown", "timeout", "10", _seconds)
-    known = {"mi", "http", "events", "expiry", "transports", "modules", "script", "store",
-             "policy", "limits", "shutdown"} | listener_sections
+    script = r.section("script", SCHEMA["script"])["path"]
+    if script is not None:
+        script = r.path(script)
+        if not script.is_file():
+            raise r.error("script", "path", f"no such file: {script}")
+    store = StoreConfig(**r.section("store", SCHEMA["store"]))
+    store.directory = r.path(store.directory)
+    policy = PolicyConfig(**r.section("policy", SCHEMA["policy"]))
+    limits = LimitsConfig(**r.section("limits", SCHEMA["limits"]))
+    shutdown_timeout = r.section("shutdown", SCHEMA["shutdown"])["timeout"]
+    known = set(SCHEMA) - {LISTENER_SECTION} | listener_sections
     known.update(f"transport:{name}" for name in transport_factories)
     known.update(f"module:{name}" for name in module_factories)
     r.check_unknown(known)

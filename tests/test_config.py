@@ -1,13 +1,18 @@
 """
-The ini file: defaults, relative paths and one-line errors.
+The ini file: defaults, relative paths and one-line errors; the coercers
+and the host:port parser it is read with (docs/configuration.md against the
+schema: tests/test_config_schema.py).
 """
 
 from pathlib import Path
 
 import pytest
 
-from evsrv.config import ConfigError, read_config
+from evsrv.config import (SCHEMA, Config, ConfigError, HTTPConfig, LimitsConfig, MIConfig,
+                          PolicyConfig, StoreConfig, parse_config, read_config)
 from evsrv.server import module_factories, transport_factories
+from evsrv.util import coercers
+from evsrv.util.hostport import parse_host_port
 
 
 def load(tmp_path, text):
@@ -135,3 +140,110 @@ max_subscriptions = 0
     assert config.store.path == tmp_path.parent / "state" / "subscriptions.sqlite"
     assert config.store.sync == "normal" and config.limits.max_subscriptions == 0
     assert load(tmp_path, "[store]\nbackend = none\n").store.path is None
+
+
+def test_dataclass_defaults_are_what_an_empty_ini_gives(tmp_path):
+    config = parse_config("", "empty.ini", tmp_path, transport_factories())
+    assert config.mi == MIConfig() and config.http == HTTPConfig()
+    assert config.policy == PolicyConfig() and config.limits == LimitsConfig()
+    # the same but for the directory, resolved against the ini's
+    assert config.store == StoreConfig(directory=tmp_path / StoreConfig().directory)
+    defaults = Config("empty.ini", tmp_path, MIConfig(), [], {})
+    assert (config.expiry_interval, config.script, config.shutdown_timeout) == \
+        (defaults.expiry_interval, defaults.script, defaults.shutdown_timeout) == (1.0, None, 10)
+    assert set(config.transports) == {name for name, f in transport_factories().items()
+                                      if getattr(f, "builtin", False)}
+
+
+def test_schema_sections_are_the_known_ones(tmp_path):
+    # every schema section is accepted by the parser; a key of none is not
+    for section, options in SCHEMA.items():
+        if section.startswith("mi:udp:"):
+            continue
+        ini = f"[{section}]\n" + "".join(f"{key} = {default}\n" for key, (default, _, _)
+                                          in options.items() if default)
+        parse_config(ini, "x.ini", tmp_path, transport_factories())
+
+
+@pytest.mark.parametrize("coerce, text, value", [
+    (coercers.positive(float), "0.5", 0.5),
+    (coercers.positive(int), "3", 3),
+    (coercers.non_negative(int), "0", 0),
+    (coercers.bounded(int, 512, 65507), "512", 512),
+    (coercers.bounded(int, 512, 65507), "65507", 65507),
+    (coercers.bounded(float, 0, None), "7.5", 7.5),
+    (coercers.seconds, "0", 0.0),
+    (coercers.positive_seconds, "86400", 86400.0),
+    (coercers.seconds_or_never, "0", 0.0),
+    (coercers.seconds_or_never, "2.5", 2.5),
+    (coercers.yes_no, "Yes", True),
+    (coercers.yes_no, "off", False),
+    (coercers.yes_no, "0", False),
+    (coercers.choice("json", "text"), "text", "text"),
+    (coercers.choice("json", "text", ignore_case=True), " JSON", "json"),
+    (coercers.comma_list, "a, b,\n c,,", ["a", "b", "c"]),
+    (coercers.comma_list, "", []),
+    (coercers.octal_mode(), "0600", 0o600),
+    (coercers.octal_mode(0o7777, "0644"), "4755", 0o4755),
+    (coercers.user_name, "", None),
+    (coercers.user_name, "root", "root"),
+    (coercers.group_name, "", None),
+])
+def test_coercers_accept(coerce, text, value):
+    assert coerce(text) == value
+
+
+@pytest.mark.parametrize("coerce, text, message", [
+    (coercers.positive(float), "0", "must be a positive number"),
+    (coercers.positive(float), "nan", "must be a positive number"),
+    (coercers.non_negative(int), "-1", "must not be negative"),
+    (coercers.non_negative(int, "no limit"), "-1", "must be 0 (no limit) or more"),
+    (coercers.non_negative(float), "nan", "must not be negative"),
+    (coercers.bounded(int, 512, 65507), "511", "must be between 512 and 65507"),
+    (coercers.bounded(int, 1024, 2048, "bytes"), "4096", "must be between 1024 and 2048 bytes"),
+    (coercers.bounded(float, 0, 1), "nan", "must be between 0 and 1"),
+    (coercers.bounded(int, 1), "0", "must be 1 or more"),
+    (coercers.seconds, "inf", "must be a number of seconds (0 or more)"),
+    (coercers.seconds, "-1", "must be a number of seconds (0 or more)"),
+    (coercers.positive_seconds, "0", "above 0 (at most 86400)"),
+    (coercers.positive_seconds, "86401", "above 0 (at most 86400)"),
+    (coercers.seconds_or_never, "-1", "must be 0 (never) or a number of seconds above 0"),
+    (coercers.seconds_or_never, "nan", "must be 0 (never)"),
+    (coercers.yes_no, "maybe", "must be yes or no"),
+    (coercers.choice("json", "text"), "JSON", "must be one of json, text"),
+    (coercers.octal_mode(), "1777", "must be an octal file mode such as 0660"),
+    (coercers.octal_mode(), "0999", "invalid literal"),
+    (coercers.user_name, "no-such-user-here", "no such user 'no-such-user-here'"),
+    (coercers.group_name, "no-such-group-here", "no such group 'no-such-group-here'"),
+])
+def test_coercers_refuse_with_a_reason(coerce, text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        coerce(text)
+
+
+@pytest.mark.parametrize("text, options, expected", [
+    ("127.0.0.1:8080", {}, ("127.0.0.1", 8080)),
+    (" [::1]:0 ", {}, ("::1", 0)),
+    ("example.com:80", {}, ("example.com", 80)),
+    (":0", {"empty_host": True}, ("", 0)),
+    ("10.0.0.1:65535", {"names": False}, ("10.0.0.1", 65535)),
+])
+def test_host_port(text, options, expected):
+    assert parse_host_port(text, **options) == expected
+
+
+@pytest.mark.parametrize("text, options, message", [
+    ("127.0.0.1", {}, "expected HOST:PORT"),
+    (":0", {}, "expected HOST:PORT"),
+    ("[]:0", {"empty_host": True}, "bad IPv6 address"),
+    ("[10.0.0.1]:1", {}, "bad IPv6 address"),
+    ("localhost:80", {"names": False}, "bad IPv4 address 'localhost' (use [v6] for IPv6)"),
+    ("::1:80", {"names": False}, "bad IPv4 address"),
+    ("127.0.0.1:65536", {}, "bad port '65536'"),
+    ("127.0.0.1:-1", {}, "bad port"),
+    ("127.0.0.1:８０", {}, "bad port"),
+])
+def test_host_port_refused(text, options, message):
+    with pytest.raises(ValueError) as e:
+        parse_host_port(text, **options)
+    assert message in str(e.value)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostport -*-
+# -*- test-case-name: tests.test_config -*-
 """
 C{HOST:PORT} as the ini file and the command line write it: one parser for
 every listener address, source address and MI address. (Subscriber
