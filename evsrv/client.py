@@ -91,7 +91,22 @@ def os_error_text(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-class MIClient:
+class _Client:
+    """
+    What every client shares: C{with client:} closes it.
+    """
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MIClient(_Client):
     """
     A blocking MI datagram client; one socket for every call.
 
@@ -152,12 +167,6 @@ class MIClient:
             except FileNotFoundError:
                 pass
             self._own_path = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def call(self, method: str, params=None) -> Reply:
         """
@@ -231,7 +240,7 @@ class MIClient:
         return Reply("text", text, data)
 
 
-class HTTPMIClient:
+class HTTPMIClient(_Client):
     """
     A blocking client of the HTTP MI (JSON-RPC 2.0 by POST), with the
     interface of L{MIClient}.
@@ -242,14 +251,6 @@ class HTTPMIClient:
         self.where = url
         self.timeout = timeout
 
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def call(self, method: str, params=None) -> Reply:
         request_id = secrets.randbelow(2 ** 31 - 1) + 1
@@ -295,7 +296,7 @@ def parse_reply(data: bytes, request_id) -> Reply:
     return Reply("text", text, data)
 
 
-class StubMI:
+class StubMI(_Client):
     """
     An MI client that runs each request through C{dispatcher} (an
     L{evsrv.mi.dispatch.MIDispatcher}, e.g. C{server.dispatcher}) in
@@ -333,11 +334,3 @@ class StubMI:
                         .encode("utf-8", "surrogateescape"))
         return parse_reply(data or b"", self._next_id)
 
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
