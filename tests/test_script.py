@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from evsrv.evi import Param
-from evsrv.script import EventContext, ScriptError, ScriptLoadError, ScriptRunner, event_params
+from evsrv.script import (EventContext, EventTimeout, ScriptError, ScriptLoadError, ScriptRunner,
+                          TooManyWaiters, event_params)
 from evsrv.script.transport import RouteTransport
 from evsrv.testing import memory_evi
 from evsrv.transports import LateBinding
@@ -27,14 +30,14 @@ def scripted(tmp_path):
     """
     runners = []
 
-    def make(text, start=True):
+    def make(text, start=True, **options):
         evi, clock, recorder = memory_evi()
         script = LateBinding("the routing script")
         route = RouteTransport("route", evi.statistics, script)
         evi.transports["route"] = route
         path = tmp_path / "routes.py"
         path.write_text(textwrap.dedent(text))
-        runner = ScriptRunner(path, evi, clock, evi.statistics)
+        runner = ScriptRunner(path, evi, clock, evi.statistics, **options)
         runner.prepare()
         script.bind(runner)
         if start:
@@ -270,6 +273,275 @@ def test_event_params_helper():
     assert (context[1], context[3], context[4], len(context)) == ("u1", "u2", None, 3)
 
 
+# -- event-based routing: notify_on_event, wait_for_event ---------------------------------
+
+
+WAITING = """
+    seen = []
+    @route("got")
+    def got(event):
+        seen.append((event.name, event.as_dict(), [p.value for p in event]))
+"""
+
+
+def script_globals(runner):
+    """
+    The running script's namespace (its API, its module-level names).
+    """
+    return runner.routes.named["got"].__globals__
+
+
+def fired(d):
+    """
+    What a Deferred fired with so far (C{[]} if it has not); its result
+    goes on down the chain, a failure is taken here.
+    """
+    out = []
+
+    def keep(result):
+        out.append(result)
+        return None if isinstance(result, Failure) else result
+    d.addBoth(keep)
+    return out
+
+
+@pytest.mark.parametrize("filters", [
+    {"ip": "10.0.*", "port": "5060"},
+    {"ip": "10.0.*", "port": 5060},                  # an int glob is its text
+    ["ip=10.0.*", "port=5060"],
+    ["ip=10.0.[0-9].*", "port=50?0"],
+])
+def test_notify_on_event_runs_the_route_when_every_filter_matches(scripted, filters):
+    runner, evi, clock, recorder = scripted(WAITING)
+    g = script_globals(runner)
+    g["notify_on_event"]("E_X", filters, "got", 30)
+    for params in ({"ip": "10.1.0.1", "port": 5060},      # ip differs
+                   {"ip": "10.0.0.1", "port": 5061},      # port differs
+                   {"ip": "10.0.0.1"},                    # port missing
+                   {"port": 5060, "other": "10.0.0.1"}):  # ip missing
+        result_of(evi.raise_event("E_X", params))
+    assert g["seen"] == []
+    result_of(evi.raise_event("E_X", {"ip": "10.0.0.1", "port": 5060, "extra": "x"}))
+    assert g["seen"] == [("E_X", {"ip": "10.0.0.1", "port": 5060, "extra": "x"},
+                          ["10.0.0.1", 5060, "x"])]
+
+
+def test_a_waiter_fires_once_then_is_gone_and_raises_cost_nothing_again(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    g = script_globals(runner)
+    g["notify_on_event"]("E_X", None, "got", 30)
+    assert evi.has_subscribers("E_X") and evi.probe("E_X") == 1  # MI raise_event not refused
+    result_of(evi.raise_event("E_X", ["one"]))
+    result_of(evi.raise_event("E_X", ["two"]))
+    assert [values for _, _, values in g["seen"]] == [["one"]]
+    assert len(runner.waiters) == 0 and evi.statistics.value("script:waiters") == 0
+    assert evi._watchers == {}  # unwatched: the raise path is back to one dict test
+    assert not evi.has_subscribers("E_X") and clock.getDelayedCalls() == []
+
+
+def test_notify_on_event_times_out_without_running_the_route(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    g = script_globals(runner)
+    g["notify_on_event"]("E_X", {"ip": "10.*"}, "got", 5)
+    clock.advance(4.9)
+    assert len(runner.waiters) == 1
+    clock.advance(0.1)
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == []
+    result_of(evi.publish("E_X") and evi.raise_event("E_X", {"ip": "10.0.0.1"}))
+    assert g["seen"] == []  # not told of the timeout, and too late for the raise
+    assert evi.statistics.value("script:waiters_timed_out") == 1
+
+
+def test_wait_for_event_fires_with_named_params_as_a_dict(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    d = script_globals(runner)["wait_for_event"]("E_X", ["callid=c1"], 5)
+    result_of(evi.raise_event("E_X", {"callid": "c2", "status": 200}))
+    assert fired(d) == []
+    result_of(evi.raise_event("E_X", {"callid": "c1", "status": 200}))
+    assert fired(d) == [{"callid": "c1", "status": 200}]
+    assert clock.getDelayedCalls() == []
+
+
+def test_wait_for_event_with_unnamed_params_gives_a_list_and_filters_by_position(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    g = script_globals(runner)
+    by_text = g["wait_for_event"]("E_U", ["2=50*"], 5)
+    by_int = g["wait_for_event"]("E_U", {1: "sip:*", "2": "5060"}, 5)
+    result_of(evi.raise_event("E_U", ["sip:a@x", 6060]))
+    assert (fired(by_text), fired(by_int)) == ([], [])
+    result_of(evi.raise_event("E_U", ["sip:a@x", 5060]))
+    assert fired(by_text) == [["sip:a@x", 5060]] and fired(by_int) == [["sip:a@x", 5060]]
+    nothing = g["wait_for_event"]("E_U", None, 5)
+    result_of(evi.raise_event("E_U"))
+    assert fired(nothing) == [{}]
+
+
+def test_wait_for_event_times_out_with_a_timeout_error_the_script_can_catch(scripted):
+    runner, evi, clock, recorder = scripted(WAITING + """
+    outcomes = []
+    @route("wait")
+    def wait():
+        d = wait_for_event("E_X", {"ip": "10.*"}, 2.5)
+        d.addCallbacks(outcomes.append, lambda f: outcomes.append(f.trap(EventTimeout)))
+    """)
+    runner.call_route("wait")
+    d = script_globals(runner)["wait_for_event"]("E_X", None, 2.5)
+    clock.advance(2.5)
+    failure = fired(d)[0]
+    assert failure.check(EventTimeout) and issubclass(EventTimeout, TimeoutError)
+    assert failure.getErrorMessage() == ("route script: wait_for_event 'E_X': no matching "
+                                         "event within 2.5 s")
+    assert script_globals(runner)["outcomes"] == [EventTimeout]
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == []
+
+
+def test_cancelling_a_wait_drops_its_waiter(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    d = script_globals(runner)["wait_for_event"]("E_X", None, 5)
+    d.cancel()
+    assert fired(d)[0].check(defer.CancelledError)
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == [] and evi._watchers == {}
+    result_of(evi.raise_event("E_X"))  # nothing left to fire
+
+
+def test_one_raise_fires_the_waiters_it_matched_in_order_and_not_those_made_meanwhile(scripted):
+    runner, evi, clock, recorder = scripted("""
+        order = []
+        @route("got")
+        def got(event):
+            order.append(("route", event["n"]))
+            notify_on_event("E_X", None, "got", 5)  # waits for the next raise
+        @route("start")
+        def start():
+            notify_on_event("E_X", None, "got", 5)
+            wait_for_event("E_X", None, 5).addCallback(lambda p: order.append(("wait", p["n"])))
+    """)
+    runner.call_route("start")
+    result_of(evi.raise_event("E_X", {"n": 1}))
+    assert script_globals(runner)["order"] == [("route", 1), ("wait", 1)]
+    result_of(evi.raise_event("E_X", {"n": 2}))
+    assert script_globals(runner)["order"][2:] == [("route", 2)]
+    assert len(runner.waiters) == 1
+
+
+def test_the_number_of_waiters_is_bounded(scripted):
+    runner, evi, clock, recorder = scripted(WAITING, max_waiters=2)
+    g = script_globals(runner)
+    g["notify_on_event"]("E_A", None, "got", 5)
+    g["wait_for_event"]("E_B", None, 5)
+    with pytest.raises(TooManyWaiters, match="2 waiters are waiting already"):
+        g["wait_for_event"]("E_C", None, 5)
+    assert g["TooManyWaiters"] is TooManyWaiters and issubclass(TooManyWaiters, ScriptError)
+    result_of(evi.raise_event("E_A"))  # one fires: room again
+    g["wait_for_event"]("E_C", None, 5)
+    assert len(runner.waiters) == 2
+
+
+def test_a_waiter_route_that_waits_again_and_raises_is_bounded_by_nesting(scripted,
+                                                                         logged_errors):
+    runner, evi, clock, recorder = scripted("""
+        depth = []
+        @route("got")
+        def got(event):
+            depth.append(1)
+            notify_on_event("E_LOOP", None, "got", 5)
+            raise_event("E_LOOP")
+    """)
+    script_globals(runner)["notify_on_event"]("E_LOOP", None, "got", 5)
+    result_of(evi.raise_event("E_LOOP"))
+    assert len(script_globals(runner)["depth"]) == 100
+    assert "too many nested raises" in logged_errors.flush()[0]["log_format"]
+    assert len(runner.waiters) == 1  # the last one made, for the next raise
+
+
+@pytest.mark.parametrize("args, message", [
+    (("E_X", "ip", "got", 5), "filter 'ip' is not a \"key=glob\" string"),
+    (("E_X", ["=x"], "got", 5), "filter key '' is neither"),
+    (("E_X", {0: "x"}, "got", 5), "filter key 0 is neither"),
+    (("E_X", {"ip": None}, "got", 5), "the glob of filter 'ip' must be a str"),
+    (("E_X", 7, "got", 5), "the filter must be a dict"),
+    (("E_X", ["a=%d" % i for i in range(33)], "got", 5), "33 filters, more than 32"),
+    (("E_X", None, "got", 0), "the timeout must be a number of seconds above 0"),
+    (("E_X", None, "got", float("inf")), "the timeout must be"),
+    (("E_X", None, "got", 86401), "at most 86400"),
+    (("E_X", None, "nope", 5), "no route named 'nope'"),
+    (("", None, "got", 5), "an event name must be a non-empty string"),
+])
+def test_notify_on_event_refuses_bad_arguments_clearly(scripted, args, message):
+    runner, evi, clock, recorder = scripted(WAITING)
+    with pytest.raises(ScriptError, match=message):
+        script_globals(runner)["notify_on_event"](*args)
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == []
+
+
+def test_waiting_at_the_top_level_of_the_script_is_refused(tmp_path):
+    evi, clock, recorder = memory_evi()
+    path = tmp_path / "routes.py"
+    path.write_text('wait_for_event("E_X", None, 5)\n')
+    with pytest.raises(ScriptLoadError, match="routes.py:1: ScriptError: .*not at the script's "
+                                              "top level; call it from a route"):
+        ScriptRunner(path, evi, clock, evi.statistics).prepare()
+
+
+def test_events_named_by_waiters_are_published_at_load(scripted):
+    runner, evi, clock, recorder = scripted("""
+        def later():
+            notify_on_event("E_W_A", None, "x", 1)
+            wait_for_event("E_W_B", None, 1)
+    """, start=False)
+    assert evi.event("E_W_A") is not None and evi.event("E_W_B") is not None
+
+
+def test_a_reload_drops_the_old_scripts_waiters_unfired(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    old = script_globals(runner)
+    old["notify_on_event"]("E_X", None, "got", 30)
+    d = old["wait_for_event"]("E_X", None, 30)
+    runner.path.write_text(textwrap.dedent(WAITING))
+    runner.reload()
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == [] and evi._watchers == {}
+    result_of(evi.publish("E_X") and evi.raise_event("E_X"))
+    clock.advance(60)
+    assert old["seen"] == [] and fired(d) == []  # nothing called into the unloaded script
+    with pytest.raises(ScriptError, match="the script that called it was reloaded"):
+        old["wait_for_event"]("E_X", None, 5)  # an old script's leftover cannot wait again
+    script_globals(runner)["wait_for_event"]("E_X", None, 5)  # the new one can
+
+
+def test_stopping_drops_the_waiters_and_their_timers(scripted):
+    runner, evi, clock, recorder = scripted(WAITING)
+    g = script_globals(runner)
+    g["notify_on_event"]("E_X", None, "got", 30)
+    d = g["wait_for_event"]("E_Y", None, 30)
+    runner.stopService()
+    assert len(runner.waiters) == 0 and clock.getDelayedCalls() == [] and evi._watchers == {}
+    assert fired(d) == []
+    with pytest.raises(ScriptError, match="the server is not running"):
+        g["wait_for_event"]("E_X", None, 5)
+
+
+def test_the_documented_event_routing_example_works_as_written(scripted):
+    from twisted.logger import formatEvent, globalLogPublisher
+    text = (ROOT / "docs" / "scripting.md").read_text()
+    section = text.split("### Event-based routing", 1)[1]
+    runner, evi, clock, recorder = scripted(section.split("```python\n", 1)[1].split("```")[0])
+    result_of(evi.subscribe("E_CALL_ANSWERED", "test:answers"))
+    result_of(evi.raise_event("E_CALL_SETUP", {"callid": "c1"}))
+    result_of(evi.raise_event("E_SIP_REPLY", {"callid": "c1", "status": 180}))
+    result_of(evi.raise_event("E_SIP_REPLY", {"callid": "c1", "status": 200}))
+    assert [params for _, params, _ in recorder.delivered] == [(Param("callid", "c1"),)]
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        runner.call_route("ask")
+        result_of(evi.raise_event("E_PONG", {"node": "edge-1"}))
+        runner.call_route("ask")
+        clock.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [formatEvent(e) for e in logged if "pong" in formatEvent(e)] == [
+        "pong from edge-1", "no pong within 5 s"]
+
 # -- through a server ---------------------------------------------------------------------
 
 
@@ -302,6 +574,40 @@ def test_reload_routes_over_mi(server_factory, tmpdir_short):
     listed = {e["name"]: [s["socket"] for s in e["Subscribers"]]
               for e in mi(server, "subscribers_list")["result"]["Events"]}
     assert listed == {"E_A": ["udp:127.0.0.1:9"], "E_B": ["route:E_B"]}
+
+
+WAITING_ROUTES = """\
+@startup_route
+def arm():
+    notify_on_event("E_TRIGGER", {"ip": "10.0.*"}, "forward", 30)
+    # never raised: left waiting, the server's stop must take its timer
+    notify_on_event("E_TRIGGER", ["ip=192.0.2.*"], "forward", 30)
+
+@route("forward")
+def forward(event):
+    raise_event("E_FORWARDED", {"ip": event["ip"], "via": "notify_on_event"})
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_mi_raise_runs_a_notify_on_event_route_whose_raise_reaches_a_udp_subscriber(
+        server_factory, udp_collector, tmpdir_short):
+    script = tmpdir_short / "waiting.py"
+    script.write_text(WAITING_ROUTES)
+    server = server_factory(SCRIPT_INI.format(path=script))
+    sink = udp_collector()
+    assert mi(server, "event_subscribe", ["E_FORWARDED", "udp:%s:%d" % sink.address, 60])[
+        "result"] == "OK"
+    # E_TRIGGER has no subscriber, only waiters: the MI raise is taken, not 480
+    for ip in ("10.1.0.1", "10.0.0.7", "10.0.0.8"):
+        params = json.dumps({"ip": ip})
+        assert mi(server, "raise_event", ["E_TRIGGER", params])["result"] == "OK"
+    data, _ = yield sink.next()
+    assert json.loads(data) == {"jsonrpc": "2.0", "method": "E_FORWARDED",
+                                "params": {"ip": "10.0.0.7", "via": "notify_on_event"}}
+    stats = mi(server, "get_statistics", [["script:"]])["result"]
+    assert (stats["script:waiters"], stats["script:route_errors"]) == (1, 0)  # once only
+    assert sink.received == []
 
 
 @pytest_twisted.inlineCallbacks

@@ -100,6 +100,9 @@ class EventInterface:
         # callables (report, seconds) told how long each delivery took
         # (L{observe_reports}); empty: nothing is measured
         self._report_observers = []
+        # event name -> callables (name, params) told of each raise (L{watch});
+        # empty, a raise pays one truth test of it
+        self._watchers = {}
         # the last raises as (time, name, params, DeliveryReport), for the
         # HTTP status page; maxlen 0: nothing kept
         self.recent_raises = collections.deque(maxlen=recent)
@@ -130,6 +133,25 @@ class EventInterface:
         """
         self._report_observers.append(observer)
 
+    def watch(self, name: str, watcher) -> None:
+        """
+        Have C{watcher(name, params)} called at each raise of C{name}, in the
+        raise, after its subscribers were chosen and before they get it,
+        nested like a delivery (the routing script's C{wait_for_event} and
+        C{notify_on_event}). While watched, the event counts as subscribed
+        for L{has_subscribers} and L{probe} (one per watcher), so an MI
+        C{raise_event} of it is not refused. A watcher should not raise
+        (it is logged).
+        """
+        self._watchers.setdefault(name, []).append(watcher)
+
+    def unwatch(self, name: str, watcher) -> None:
+        watchers = self._watchers.get(name)
+        if watchers and watcher in watchers:
+            watchers.remove(watcher)
+            if not watchers:
+                del self._watchers[name]  # back to no cost on the raise path
+
     # -- events ---------------------------------------------------------
 
     def publish(self, name: str):
@@ -144,18 +166,23 @@ class EventInterface:
     def probe(self, name: str) -> int:
         """
         The number of live subscribers of C{name} (0 for an unknown event), so
-        a caller can skip building parameters nobody will receive.
+        a caller can skip building parameters nobody will receive; a
+        L{watch}er counts as one.
         """
         event = self.events.get(name)
+        watchers = len(self._watchers.get(name, ())) if self._watchers else 0
         if event is None or not event.subscriptions:
-            return 0
+            return watchers
         now = self.clock.seconds()
-        return sum(1 for s in event.subscriptions.values() if not s.is_expired(now))
+        return watchers + sum(1 for s in event.subscriptions.values() if not s.is_expired(now))
 
     def has_subscribers(self, name: str) -> bool:
         """
-        Whether C{name} has a live subscriber (cheaper than L{probe}).
+        Whether C{name} has a live subscriber or a L{watch}er (cheaper than
+        L{probe}).
         """
+        if self._watchers and name in self._watchers:
+            return True
         event = self.events.get(name)
         if event is None or not event.subscriptions:
             return False
@@ -372,13 +399,23 @@ class EventInterface:
             # the report object itself: its totals fill in as deliveries settle
             # (kept only while the status page is on: nothing on the hot path else)
             self.recent_raises.append((self.clock.seconds(), name, params, report))
+        if self._watchers and name in self._watchers:
+            if self._depth >= MAX_NESTED_RAISES:
+                return self._too_deep(name)
+            self._depth += 1
+            try:
+                for watcher in tuple(self._watchers[name]):
+                    try:
+                        watcher(name, params)
+                    except Exception:
+                        self._log.failure("a watcher of {event} failed", event=name)
+            finally:
+                self._depth -= 1
         if not subs:
             self._no_subscribers.value += 1
             return succeed(report)
         if self._depth >= MAX_NESTED_RAISES:
-            self._log.error("too many nested raises ({depth}): {event} not sent",
-                            depth=self._depth, event=name)
-            return fail(NestingError(f"more than {MAX_NESTED_RAISES} nested raises"))
+            return self._too_deep(name)
         notification = Notification(name, params, self.clock.seconds())
         # Group by transport, keeping newest-first order within each.
         first = subs[0].transport
@@ -421,6 +458,11 @@ class EventInterface:
                 self._observe(report, notification.raised_at)
             return report
         return gatherResults(pending, consumeErrors=True).addCallback(settled)
+
+    def _too_deep(self, name):
+        self._log.error("too many nested raises ({depth}): {event} not sent",
+                        depth=self._depth, event=name)
+        return fail(NestingError(f"more than {MAX_NESTED_RAISES} nested raises"))
 
     def check_params(self, params) -> None:
         """

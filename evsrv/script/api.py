@@ -15,6 +15,19 @@ class ScriptError(Exception):
     """
 
 
+class TooManyWaiters(ScriptError):
+    """
+    C{wait_for_event} / C{notify_on_event} past the bound on waiters.
+    """
+
+
+class EventTimeout(TimeoutError):
+    """
+    What a C{wait_for_event} Deferred fails with when no matching event
+    was raised in time.
+    """
+
+
 def event_params(attrs=None, values=None, where="raise_event") -> tuple:
     """
     The parameters of C{raise_event(name[, attrs][, values])}:
@@ -103,4 +116,5 @@ class EventContext:
         return f"<EventContext {self.name} {list(self.params)}>"
 
 
-__all__ = ["ScriptError", "event_params", "EventContext", "Param"]
+__all__ = ["ScriptError", "TooManyWaiters", "EventTimeout", "event_params", "EventContext",
+           "Param"]

@@ -17,9 +17,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from evsrv.script.api import EventContext, ScriptError, event_params
+from evsrv.script.api import (EventContext, EventTimeout, ScriptError, TooManyWaiters,
+                              event_params)
+from evsrv.script.waiters import (MAX_WAITERS, Waiters, check_timeout, parse_filters,
+                                  waited_params)
 
-_SCRIPT_CALLS = {"raise_event", "subscribe_event"}
+_SCRIPT_CALLS = {"raise_event", "subscribe_event", "notify_on_event", "wait_for_event"}
 
 
 class ScriptLoadError(Exception):
@@ -43,9 +46,10 @@ class Routes:
 
 def _events_named_in(tree) -> list:
     """
-    Event names given as literal first arguments of raise_event() and
-    subscribe_event(), and of event_route(): published when the script
-    loads (spec §1.6), so MI clients can subscribe before the first raise.
+    Event names given as literal first arguments of raise_event(),
+    subscribe_event(), notify_on_event(), wait_for_event() and
+    event_route(): published when the script loads (spec §1.6), so MI
+    clients can subscribe before the first raise.
     """
     names = []
     for node in ast.walk(tree):
@@ -61,10 +65,13 @@ class ScriptRunner(Service):
     """
     Loads the script, runs its startup and timer routes, and calls its
     event routes for the C{route:} transport.
+
+    @param max_waiters: the bound on the waiters of C{notify_on_event} and
+        C{wait_for_event}, all events together.
     """
     _log = Logger(namespace="evsrv.script")
 
-    def __init__(self, path: Path, evi, clock, statistics):
+    def __init__(self, path: Path, evi, clock, statistics, max_waiters=MAX_WAITERS):
         self.path = Path(path)
         self.evi = evi
         self.clock = clock
@@ -72,8 +79,10 @@ class ScriptRunner(Service):
         self.routes = Routes()
         self._timers = []
         self._stack = []  # names of the routes running, innermost last
+        self._loading = False
         self._errors = statistics.counter("script", "route_errors")
         self._reloads = statistics.counter("script", "reloads")
+        self.waiters = Waiters(evi, clock, statistics, max_waiters)
 
     # -- loading ------------------------------------------------------------
 
@@ -95,10 +104,13 @@ class ScriptRunner(Service):
         routes = Routes()
         routes.events_used = _events_named_in(tree)
         namespace = self.namespace(routes)
+        self._loading = True
         try:
             exec(code, namespace)
         except Exception as e:
             raise ScriptLoadError(f"{self._where(e)}: {type(e).__name__}: {e}") from None
+        finally:
+            self._loading = False
         return routes
 
     def _where(self, error) -> str:
@@ -140,11 +152,21 @@ class ScriptRunner(Service):
                 return function
             return declare
 
+        # bound to this load's routes, so an old script's leftovers (a late
+        # callback after a reload) cannot make waiters for a script that is gone
+        def notify_on_event(event, filter, route, timeout):
+            return self.notify_on_event(routes, event, filter, route, timeout)
+
+        def wait_for_event(event, filter, timeout):
+            return self.wait_for_event(routes, event, filter, timeout)
+
         return {
             "__name__": "evsrv_script", "__file__": str(self.path),
             "startup_route": startup_route, "timer_route": timer_route,
             "event_route": event_route, "route": route, "call_route": self.call_route,
             "raise_event": self.raise_event, "subscribe_event": self.subscribe_event,
+            "notify_on_event": notify_on_event, "wait_for_event": wait_for_event,
+            "EventTimeout": EventTimeout, "TooManyWaiters": TooManyWaiters,
             "publish_event": self.evi.publish, "probe_event": self.evi.probe,
             "get_statistic": self.get_statistic,
             "get_statistics": self.statistics.get, "log": self._log,
@@ -186,6 +208,84 @@ class ScriptRunner(Service):
 
     def get_statistic(self, name: str):
         return self.statistics.value(name)
+
+    # -- event-based routing ----------------------------------------------------------
+
+    def _waiter_event(self, routes, call, event, filter, timeout):
+        """
+        Check a C{notify_on_event} / C{wait_for_event} call.
+
+        @return: C{(where, filters, timeout)}.
+        @raise ScriptError: misuse, or not from a route of the running script.
+        """
+        where = f"route {self._route_name()}: {call} {event!r}"
+        if self._loading:
+            raise ScriptError(f"{where}: not at the script's top level; call it from a route")
+        if routes is not self.routes:
+            raise ScriptError(f"{where}: the script that called it was reloaded")
+        if not self.running:
+            raise ScriptError(f"{where}: the server is not running")
+        filters = parse_filters(filter, where)
+        timeout = check_timeout(timeout, where)
+        try:
+            self.evi.publish(event)
+        except ValueError as e:
+            raise ScriptError(f"{where}: {e}") from None
+        return where, filters, timeout
+
+    def notify_on_event(self, routes, event, filter, route, timeout) -> None:
+        """
+        Run the named route C{route} once, with the L{EventContext}, at the
+        first raise of C{event} whose parameters match C{filter}; or never,
+        if C{timeout} seconds pass first (counted in
+        C{script:waiters_timed_out}).
+
+        @raise ScriptError: bad arguments, an unknown route, or
+            L{TooManyWaiters}.
+        """
+        where, filters, timeout = self._waiter_event(routes, "notify_on_event", event,
+                                                     filter, timeout)
+        function = routes.named.get(route)
+        if function is None:
+            raise ScriptError(f"{where}: no route named {route!r}")
+        label = f"route[{route}]"
+
+        def matched(name, params):
+            self._run(label, function, EventContext(name, params))
+        self.waiters.add(event, filters, timeout, matched, None,
+                         f"notify_on_event({event!r}, route {route!r})")
+
+    def wait_for_event(self, routes, event, filter, timeout) -> Deferred:
+        """
+        @return: a Deferred firing with the parameters (L{waited_params}) of
+            the first raise of C{event} whose parameters match C{filter}, or
+            failing with L{EventTimeout} after C{timeout} seconds.
+            Cancelling it drops the waiter. A waiter dropped by a reload or
+            a stop never fires: the script that made it is gone.
+        @raise ScriptError: bad arguments, or L{TooManyWaiters}.
+        """
+        where, filters, timeout = self._waiter_event(routes, "wait_for_event", event,
+                                                     filter, timeout)
+        waiter = None
+        d = Deferred(lambda _: self.waiters.cancel(waiter))
+        label = f"wait_for_event[{event}]"
+
+        def matched(name, params):
+            self._stack.append(label)  # so the callbacks' API errors name it
+            try:
+                d.callback(waited_params(params))
+            finally:
+                self._stack.pop()
+
+        def timed_out():
+            self._stack.append(label)
+            try:
+                d.errback(EventTimeout(f"{where}: no matching event within {timeout:g} s"))
+            finally:
+                self._stack.pop()
+        waiter = self.waiters.add(event, filters, timeout, matched, timed_out,
+                                  f"wait_for_event({event!r})")
+        return d
 
     def call_route(self, name, *args):
         """
@@ -252,6 +352,7 @@ class ScriptRunner(Service):
         self.routes = routes
         if previous is not None:
             self._stop_timers()
+            self._drop_waiters("the script was reloaded")
             for name in set(previous.events) - set(routes.events):
                 self._drop_route_subscription(name)
         if self.running:
@@ -288,8 +389,15 @@ class ScriptRunner(Service):
         for function in self.routes.startup:
             self._run("startup_route", function)
 
+    def _drop_waiters(self, why):
+        dropped = self.waiters.cancel_all()
+        if dropped:
+            self._log.info("{count} event waiter(s) dropped unfired: {why}", count=dropped,
+                           why=why)
+
     def stopService(self):
         self._stop_timers()
+        self._drop_waiters("the server stops")
         return super().stopService()
 
     def reload(self) -> None:
