@@ -15,6 +15,7 @@ directory for the embedded default).
 """
 
 import configparser
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -37,6 +38,10 @@ DEFAULT_INI = """\
 [mi]
 udp = 127.0.0.1:8080
 unix = /tmp/evsrv_mi.sock
+; where opensips-cli and opensips-mi look when given no options; taken by
+; another program (an OpenSIPS, another evsrv): start without it
+fifo = /tmp/opensips_fifo
+fifo_taken = skip
 [http]
 listen = 127.0.0.1:8888
 """
@@ -121,6 +126,56 @@ def _event_names(text: str) -> list:
     return [_event_name(e) for e in comma_list(text)]
 
 
+_GLOB_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_*?[]!-")
+
+
+def _event_globs(text: str) -> list:
+    globs = comma_list(text)
+    for glob in globs:
+        if not set(glob) <= _GLOB_CHARS:
+            raise ValueError(f"bad pattern {glob!r} (event name characters and * ? [ ] !)")
+    return globs
+
+
+def _required_event_names(text: str) -> list:
+    names = _event_names(text)
+    if not names:
+        raise ValueError("name at least one event")
+    return names
+
+
+def _upstream_mi(text: str) -> tuple:
+    # ("udp", host, port) or ("http", url): the proxy's mi_datagram or mi_http
+    if text.startswith(("http://", "https://")):
+        rest = text.split("://", 1)[1]
+        if not rest or rest[0] in "/?#" or not text.isascii() or any(c.isspace() for c in text):
+            raise ValueError("expected http://HOST:PORT/PATH")
+        return ("http", text)
+    if text.startswith("udp:"):
+        host, port = parse_host_port(text[4:])
+        if not port:
+            raise ValueError("port 0 is not an MI address")
+        return ("udp", host, port)
+    raise ValueError("expected udp:HOST:PORT or http://HOST:PORT/PATH")
+
+
+def _upstream_socket(text: str) -> str:
+    # as the proxy parses it (spec §4.1, §4.4): the host ends at the first ':'
+    if text in ("", "udp", "tcp", "unix"):
+        return text  # the first [ingest] listener (of that kind) as bound
+    scheme, _, rest = text.partition(":")
+    if scheme == "unix" and rest.startswith("/"):
+        return text
+    if scheme in ("udp", "tcp"):
+        host, _, port = rest.partition(":")
+        if host and ":" not in port and port.isascii() and port.isdigit() \
+                and 0 < int(port) < 65536 and host.isascii() and " " not in host:
+            return text
+    raise ValueError("expected udp:HOST:PORT, tcp:HOST:PORT, unix:/PATH, or udp, tcp or unix "
+                     "alone (an IPv4 address or a name: OpenSIPS cannot send to IPv6 "
+                     "literals)")
+
+
 # -- the schema --------------------------------------------------------------
 
 class Setting(NamedTuple):
@@ -134,6 +189,7 @@ class Setting(NamedTuple):
 
 
 LISTENER_SECTION = "mi:udp:HOST:PORT"  # one per [mi] udp listener, HOST:PORT as written there
+UPSTREAM_SECTION = "upstream:NAME"  # one per OpenSIPS proxy evsrv subscribes at
 
 # section -> key -> Setting, in reading order (which error a file with several
 # shows first). docs/configuration.md's reference table has a row for each,
@@ -151,6 +207,25 @@ SCHEMA = {
         "unix_owner": Setting("", user_name,
                               "user name given the UNIX socket files (needs root)"),
         "unix_group": Setting("", group_name, "group name given the UNIX socket files"),
+        "fifo": Setting("", _paths,
+                        "comma-separated MI FIFO paths (OpenSIPS `mi_fifo`: JSON-RPC and "
+                        "1.x text); a missing FIFO is made, a stale one of ours reused, "
+                        "anything else is left alone (see `fifo_taken`)"),
+        "fifo_taken": Setting("fail", choice("fail", "skip"),
+                              "when a FIFO cannot be used (the path is not a FIFO, belongs to "
+                              "another user or another process reads it; or it cannot be "
+                              "made): `fail` (start-up stops, one line says why) or `skip` (a "
+                              "warning, and no FIFO there; the embedded default's choice)"),
+        "fifo_mode": Setting("0660", octal_mode(0o777, "0660"),
+                             "file mode of the FIFOs (clients need write permission)"),
+        "fifo_owner": Setting("", user_name, "user name given the FIFO files (needs root)"),
+        "fifo_group": Setting("", group_name, "group name given the FIFO files"),
+        "fifo_reply_dir": Setting("/tmp", Path,
+                                  "directory of the clients' reply FIFOs; a request names "
+                                  "its reply FIFO by a bare file name in it"),
+        "fifo_max_request": Setting("65536", bounded(int, 1024, 1 << 30, "bytes"),
+                                    "largest FIFO request, bytes (larger: skipped, answered "
+                                    "with an error, counted in `mi:fifo_requests_too_large`)"),
         "max_datagram": Setting("65457", bounded(int, 512, 65507), "largest reply datagram"),
         "request_timeout": Setting("10", positive(float),
                                    "seconds before a command still running is answered "
@@ -249,6 +324,69 @@ SCHEMA = {
                                     "(queued, or awaiting a reply or confirm); what does "
                                     "not fit is dropped and counted (0: no limit)"),
     },
+    "ingest": {
+        "udp": Setting("", _listen_addresses,
+                       "comma-separated `HOST:PORT` UDP listeners for OpenSIPS event_datagram "
+                       "notifications (`[v6]:PORT`; port 0 = any)"),
+        "unix": Setting("", _paths,
+                        "comma-separated UNIX datagram socket paths for event_datagram "
+                        "`unix:` notifications"),
+        "unix_mode": Setting("0660", octal_mode(0o777, "0660"),
+                             "file mode of the UNIX sockets (the proxy's user needs write "
+                             "permission)"),
+        "tcp": Setting("", _listen_addresses,
+                       "comma-separated `HOST:PORT` TCP listeners for OpenSIPS event_stream "
+                       "notifications (reliable mode answered; port 0 = any)"),
+        "events": Setting("*", _event_globs,
+                          "shell patterns of the events taken (an event taken for the first "
+                          "time is published); others are refused, counted in "
+                          "`ingest:refused`"),
+        "allow": Setting(LOOPBACK, NetworkList.parse,
+                         "sources the UDP and TCP listeners take notifications from; others "
+                         "are ignored, counted in `ingest:denied`"),
+        "max_size": Setting("65536", bounded(int, 512, 16 << 20, "bytes"),
+                            "largest notification, bytes (larger: not raised, counted in "
+                            "`ingest:bad_input`)"),
+        "max_rate": Setting("5000", non_negative(int, "no limit"),
+                            "notifications per second from one source address; UDP beyond it "
+                            "is dropped (`ingest:flooded`), TCP is read more slowly "
+                            "(`ingest:throttled`) (0: no limit)"),
+        "max_events": Setting("1000", non_negative(int),
+                              "events the ingest may publish; a new event beyond it is "
+                              "refused"),
+        "max_connections": Setting("64", bounded(int, 1, 100000),
+                                   "TCP connections open at once (one more is closed at once)"),
+        "loop_window": Setting("2", seconds,
+                               "seconds during which an event with the same name and "
+                               "parameters as one the ingest raised is an echo of evsrv's own "
+                               "output and not raised again (see [Loops](opensips-integration"
+                               ".md#loops)); 0: off"),
+    },
+    UPSTREAM_SECTION: {
+        "mi": Setting(None, _upstream_mi,
+                      "the proxy's MI: `udp:HOST:PORT` (mi_datagram) or "
+                      "`http://HOST:PORT/PATH` (mi_http); required"),
+        "events": Setting(None, _required_event_names,
+                          "comma-separated events to subscribe to at the proxy; required"),
+        "socket": Setting("", _upstream_socket,
+                          "the ingest address as the proxy must see it: `udp:HOST:PORT`, "
+                          "`tcp:HOST:PORT` or `unix:/PATH`; `udp`, `tcp` or `unix` alone: "
+                          "the first `[ingest]` listener of that kind as bound (empty: the "
+                          "first listener, udp before tcp before unix)"),
+        "expire": Setting("120", bounded(int, 3, (1 << 31) - 1, "seconds"),
+                          "seconds each subscription lasts at the proxy; refreshed at two "
+                          "thirds of it"),
+        "check_interval": Setting("10", positive(float),
+                                  "seconds between checks of the proxy (`uptime` and "
+                                  "`subscribers_list`: a restart or a lost subscription "
+                                  "subscribes again)"),
+        "timeout": Setting("2", positive(float),
+                           "seconds an MI call to the proxy may take"),
+        "retry_min": Setting("1", positive(float),
+                             "seconds before the first retry while the proxy fails"),
+        "retry_max": Setting("60", positive(float),
+                             "the most seconds between retries (the delay doubles up to it)"),
+    },
     "shutdown": {
         "timeout": Setting("10", seconds,
                            "seconds the transports get at SIGTERM to deliver what they hold "
@@ -275,6 +413,13 @@ class MIConfig:
     unix_mode: int = _default("mi", "unix_mode")
     unix_owner: str | None = _default("mi", "unix_owner")  # user name; None: the server's
     unix_group: str | None = _default("mi", "unix_group")  # group name; None: the server's
+    fifo: list = _default("mi", "fifo")  # [Path]
+    fifo_taken: str = _default("mi", "fifo_taken")  # "fail" or "skip"
+    fifo_mode: int = _default("mi", "fifo_mode")
+    fifo_owner: str | None = _default("mi", "fifo_owner")  # user name; None: the server's
+    fifo_group: str | None = _default("mi", "fifo_group")  # group name; None: the server's
+    fifo_reply_dir: Path = _default("mi", "fifo_reply_dir")
+    fifo_max_request: int = _default("mi", "fifo_max_request")  # bytes
     max_datagram: int = _default("mi", "max_datagram")
     request_timeout: float = _default("mi", "request_timeout")  # seconds
     # sources allowed on every UDP listener, and per-listener overrides
@@ -330,6 +475,36 @@ class HTTPConfig:
 
 
 @dataclass
+class IngestConfig:
+    udp: list = _default("ingest", "udp")    # [(host, port)]
+    unix: list = _default("ingest", "unix")  # [Path]
+    unix_mode: int = _default("ingest", "unix_mode")
+    tcp: list = _default("ingest", "tcp")    # [(host, port)]
+    events: list = _default("ingest", "events")  # shell globs
+    allow: NetworkList = _default("ingest", "allow")
+    max_size: int = _default("ingest", "max_size")      # bytes
+    max_rate: int = _default("ingest", "max_rate")      # per second and source; 0: no limit
+    max_events: int = _default("ingest", "max_events")
+    max_connections: int = _default("ingest", "max_connections")
+    loop_window: float = _default("ingest", "loop_window")  # seconds; 0: off
+
+
+@dataclass
+class UpstreamConfig:
+    mi: tuple            # ("udp", host, port) or ("http", url)
+    events: list
+    # "udp:HOST:PORT", "tcp:HOST:PORT", "unix:/PATH"; "": the first [ingest]
+    # listener of `kind` as bound
+    socket: str = _default(UPSTREAM_SECTION, "socket")
+    kind: str = "udp"
+    expire: int = _default(UPSTREAM_SECTION, "expire")  # seconds
+    check_interval: float = _default(UPSTREAM_SECTION, "check_interval")
+    timeout: float = _default(UPSTREAM_SECTION, "timeout")
+    retry_min: float = _default(UPSTREAM_SECTION, "retry_min")
+    retry_max: float = _default(UPSTREAM_SECTION, "retry_max")
+
+
+@dataclass
 class Config:
     source: str
     base_dir: Path
@@ -344,6 +519,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown_timeout: float = _default("shutdown", "timeout")  # seconds
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    upstreams: dict = field(default_factory=dict)  # name -> UpstreamConfig, in file order
 
 
 # -- the parser ----------------------------------------------------------------
@@ -415,6 +592,65 @@ def _plugin_settings(r, parser, kind, names, factories, listed_in):
     return chosen
 
 
+_UPSTREAM_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_UNSPECIFIED = ("0.0.0.0", "::", "")
+
+
+def _ingest_and_upstreams(r, parser):
+    """
+    C{[ingest]} and every C{[upstream:NAME]}.
+
+    @return: C{(IngestConfig, name -> UpstreamConfig, the upstream section names)}.
+    """
+    ingest = IngestConfig(**r.section("ingest", SCHEMA["ingest"]))
+    ingest.unix = [r.path(p) for p in ingest.unix]
+    for path in ingest.unix:
+        if len(str(path).encode()) > 107:
+            raise r.error("ingest", "unix", f"UNIX socket path longer than 107 bytes: {path}")
+        if not path.parent.is_dir():
+            raise r.error("ingest", "unix", f"directory {path.parent} does not exist")
+    upstreams = {}
+    sections = set()
+    for section in parser.sections():
+        if not section.startswith("upstream:"):
+            continue
+        name = section[len("upstream:"):]
+        if not name or not set(name) <= _UPSTREAM_NAME:
+            raise r.error(section, None, "an upstream name is letters, digits, '_', '.' and '-'")
+        values = r.section(section, SCHEMA[UPSTREAM_SECTION])
+        for key in ("mi", "events"):
+            if values[key] is None:
+                raise r.error(section, key, "required")
+        upstream = UpstreamConfig(**values)
+        if upstream.retry_min > upstream.retry_max:
+            raise r.error(section, "retry_min", "must not be above retry_max")
+        if upstream.socket:
+            upstream.kind = upstream.socket.partition(":")[0]
+            if not getattr(ingest, upstream.kind):
+                raise r.error(section, "socket", f"no [ingest] {upstream.kind} listener to "
+                                                 f"receive on")
+            if upstream.socket == upstream.kind:
+                upstream.socket = ""  # the first listener of that kind, as bound
+        else:
+            upstream.kind = next((k for k in ("udp", "tcp", "unix") if getattr(ingest, k)), None)
+            if upstream.kind is None:
+                raise r.error(section, "socket", "no [ingest] listener to subscribe")
+        if not upstream.socket:
+            first = getattr(ingest, upstream.kind)[0]
+            if upstream.kind != "unix" and (first[0] in _UNSPECIFIED or ":" in first[0]):
+                raise r.error(section, "socket", f"[ingest] {upstream.kind} listens on "
+                                                 f"{first[0] or 'every address'}, which the "
+                                                 f"proxy cannot send to: give the address it "
+                                                 f"must use")
+        for event in upstream.events:
+            if not any(fnmatch.fnmatchcase(event, glob) for glob in ingest.events):
+                raise r.error(section, "events", f"{event} would be refused by [ingest] "
+                                                 f"events ({', '.join(ingest.events)})")
+        upstreams[name] = upstream
+        sections.add(section)
+    return ingest, upstreams, sections
+
+
 def parse_config(text: str, source: str, base_dir: Path, transport_factories: dict,
                  module_factories: dict | None = None) -> Config:
     """
@@ -452,6 +688,15 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
             raise r.error("mi", "unix", f"UNIX socket path longer than 107 bytes: {path}")
         if not path.parent.is_dir():
             raise r.error("mi", "unix", f"directory {path.parent} does not exist")
+    mi.fifo = [r.path(p) for p in mi.fifo]
+    if len(set(mi.fifo)) != len(mi.fifo):
+        raise r.error("mi", "fifo", "a FIFO path is listed twice")
+    for path in mi.fifo:
+        if not path.parent.is_dir():
+            raise r.error("mi", "fifo", f"directory {path.parent} does not exist")
+    mi.fifo_reply_dir = r.path(mi.fifo_reply_dir)
+    if mi.fifo and not mi.fifo_reply_dir.is_dir():
+        raise r.error("mi", "fifo_reply_dir", f"directory {mi.fifo_reply_dir} does not exist")
     http = HTTPConfig(**r.section("http", SCHEMA["http"]))
     if http.mi_path and http.mi_path == http.metrics_path:
         raise r.error("http", "metrics_path", "must differ from mi_path")
@@ -478,14 +723,16 @@ def parse_config(text: str, source: str, base_dir: Path, transport_factories: di
     policy = PolicyConfig(**r.section("policy", SCHEMA["policy"]))
     limits = LimitsConfig(**r.section("limits", SCHEMA["limits"]))
     shutdown_timeout = r.section("shutdown", SCHEMA["shutdown"])["timeout"]
-    known = set(SCHEMA) - {LISTENER_SECTION} | listener_sections
+    ingest, upstreams, upstream_sections = _ingest_and_upstreams(r, parser)
+    known = set(SCHEMA) - {LISTENER_SECTION, UPSTREAM_SECTION} | listener_sections
+    known |= upstream_sections
     known.update(f"transport:{name}" for name in transport_factories)
     known.update(f"module:{name}" for name in module_factories)
     r.check_unknown(known)
     return Config(source=source, base_dir=base_dir, mi=mi, events=events,
                   transports=transports, expiry_interval=expiry_interval, script=script,
                   modules=modules, http=http, store=store, policy=policy, limits=limits,
-                  shutdown_timeout=shutdown_timeout)
+                  shutdown_timeout=shutdown_timeout, ingest=ingest, upstreams=upstreams)
 
 
 def read_config(path, transport_factories: dict, module_factories: dict | None = None) -> Config:

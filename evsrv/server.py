@@ -16,6 +16,7 @@ from evsrv.config import CORE_EVENTS, LATE_CORE_EVENTS, Config, ConfigError
 from evsrv.evi import EventInterface, Limits
 from evsrv.evi.expiry import ExpiryService
 from evsrv.http.site import HTTPListenError, HTTPService, build_site
+from evsrv.ingest import IngestListenError, build_ingest
 from evsrv.interfaces import (IEventTransportFactory, IMICommands, IModule, PluginConfigError,
                               declare_legacy_capabilities)
 from evsrv.mi.commands import CoreCommands, EVICommands
@@ -26,6 +27,7 @@ from evsrv.persistence import (StoreError, StoreNotWritable, SubscriptionDatabas
                                 SubscriptionJournal)
 from evsrv.persistence.database import move_aside
 from evsrv.evi.policy import DestinationPolicy
+from evsrv.mi.fifo import FIFOError, FIFOReplies, MIFIFOListener, MIFIFOProtocol
 from evsrv.mi.protocol import (ListeningPorts, ListenError, MIDatagramProtocol, listen_udp,
                                listen_unix)
 from evsrv.script import ScriptLoadError, ScriptRunner
@@ -136,7 +138,9 @@ class EvsrvService(MultiService):
     """
     The whole server. Its parts are attributes so that embedding code and
     tests reach them directly: C{evi}, C{controller}, C{statistics},
-    C{transports}, C{journal}, C{modules}, C{script}, C{mi_ports}, C{http}.
+    C{transports}, C{journal}, C{modules}, C{script}, C{mi_ports}, C{http},
+    C{ingest} (the L{evsrv.ingest.IngestService}), C{upstreams} (the
+    L{evsrv.ingest.UpstreamService}).
 
     The parts are made in this order, each given what it needs (nothing is
     filled in afterwards):
@@ -244,12 +248,22 @@ class EvsrvService(MultiService):
         for name in LATE_CORE_EVENTS:
             self.evi.publish(name)
 
+        # OpenSIPS proxies as publishers ([ingest], [upstream:NAME]): the
+        # ingest listens in listen(), the upstreams subscribe once it does
+        self.ingest, self.upstreams = build_ingest(config.ingest, config.upstreams, reactor,
+                                                   self.evi, self.statistics)
+        if self.upstreams.upstreams:
+            for command in self.upstreams.mi_commands():
+                self.controller.register(command)
+
         self.restored = None  # Deferred of the restore, once started
         self.dispatcher = MIDispatcher(
             self.controller, config.mi.max_datagram,
             "ask for less (e.g. subscribers_list EVENT, or EVENT SOCKET)")
         self.mi_ports = []
         self._mi_paths = []
+        self.fifo_listeners = []  # MIFIFOListener, once listen() opened them
+        self.fifo_replies = None  # their FIFOReplies
         self.http = None  # the HTTPService once listening
         self.http_dispatcher = MIDispatcher(self.controller, None)  # no size limit
 
@@ -341,6 +355,10 @@ class EvsrvService(MultiService):
 
         @raise ConfigError: naming the ini key of the address that failed.
         """
+        try:
+            self.ingest.listen()  # first: nothing else is open if it fails
+        except IngestListenError as e:
+            raise ConfigError(self.config.source, "ingest", e.key, str(e)) from None
         mi = self.config.mi
         try:
             for host, port in mi.udp:
@@ -356,16 +374,29 @@ class EvsrvService(MultiService):
                 self.mi_ports.append(listen_unix(self.reactor, protocol, str(path),
                                                  mi.unix_mode, mi.unix_owner, mi.unix_group))
                 self._mi_paths.append(str(path))
+            self._listen_fifos()
             http = self._listen_http()
         except (ListenError, HTTPListenError) as e:
+            self.ingest.stop_listening()
             for port in self.mi_ports:
                 port.stopListening()
             self.mi_ports = []
+            for fifo in self.fifo_listeners:
+                fifo.stopListening()
+            self.fifo_listeners = []
+            if isinstance(e, FIFOError):
+                raise ConfigError(self.config.source, "mi", "fifo", str(e)) from None
             if isinstance(e, HTTPListenError):
                 raise ConfigError(self.config.source, "http", "listen", str(e)) from None
             key = "udp" if str(e).startswith("cannot listen on udp:") else "unix"
             raise ConfigError(self.config.source, "mi", key, str(e)) from None
         ListeningPorts(self.mi_ports, self._mi_paths).setServiceParent(self)
+        self.ingest.setServiceParent(self)
+        self.upstreams.setServiceParent(self)  # after the ingest: its address is bound
+        if self.fifo_replies is not None:
+            # closed by close_mi with the other MI listeners: the FIFOs first
+            # (their files removed), then the replies still waiting dropped
+            ListeningPorts([*self.fifo_listeners, self.fifo_replies]).setServiceParent(self)
         if http is not None:
             self.http = http
             http.setServiceParent(self)
@@ -373,6 +404,33 @@ class EvsrvService(MultiService):
                 self.dispatcher.large_reply_hint += (
                     f", or use the HTTP MI {self.http_mi_url()}, which has no size limit")
         return self.mi_ports
+
+    def _listen_fifos(self):
+        """
+        Open the MI FIFOs of C{[mi] fifo}; one that cannot be had fails
+        start-up (L{FIFOError}), or with C{fifo_taken = skip} is logged and
+        left out.
+        """
+        mi = self.config.mi
+        if not mi.fifo:
+            return
+        self.fifo_replies = FIFOReplies(self.reactor, mi.fifo_reply_dir, self.statistics)
+        # no size limit: a FIFO reply is written as the client reads it
+        dispatcher = MIDispatcher(self.controller, None)
+        for path in mi.fifo:
+            protocol = MIFIFOProtocol(dispatcher, self.reactor, f"fifo:{path}",
+                                      self.fifo_replies, mi.fifo_max_request, self.mi_filters)
+            listener = MIFIFOListener(self.reactor, path, protocol, self.statistics,
+                                      mi.fifo_mode, mi.fifo_owner, mi.fifo_group)
+            try:
+                listener.listen()
+            except FIFOError as e:
+                if mi.fifo_taken != "skip":
+                    raise
+                self._log.warn("MI FIFO {path} skipped ([mi] fifo_taken = skip): {reason}",
+                               path=str(path), reason=str(e))
+                continue
+            self.fifo_listeners.append(listener)
 
     def _listen_http(self):
         http = self.config.http
@@ -404,7 +462,8 @@ class EvsrvService(MultiService):
         if not self.restored.called:
             # a stored socket needed name resolution: MI requests wait
             # (queued by the kernel) so none races the restore
-            paused = [p for p in self.mi_ports if getattr(p, "connected", False)]
+            paused = [p for p in [*self.mi_ports, *self.fifo_listeners]
+                      if getattr(p, "connected", False)]
             for port in paused:
                 port.stopReading()
 
@@ -419,6 +478,9 @@ class EvsrvService(MultiService):
             where = (f"udp:{host.host}:{host.port}" if hasattr(host, "port")
                      else f"unix:{host.name.decode() if isinstance(host.name, bytes) else host.name}")
             self._log.info("MI listening on {where}", where=where)
+        for fifo in self.fifo_listeners:
+            self._log.info("MI listening on fifo:{path} (replies in {reply_dir})",
+                           path=fifo.path, reply_dir=str(self.config.mi.fifo_reply_dir))
         if self.http is not None:
             # one line per thing the site serves, the MI first (ServerProcess
             # takes the first "HTTP listening on URL" for the HTTP MI)
@@ -442,6 +504,13 @@ class EvsrvService(MultiService):
         udp = [p for p in self.mi_ports if hasattr(p.getHost(), "port")]
         host = udp[index].getHost()
         return host.host, host.port
+
+    def unsubscribe_upstreams(self):
+        """
+        Tell every C{[upstream:NAME]} proxy to stop sending (expire 0); a
+        step of L{evsrv.shutdown}. @return: a Deferred that does not fail.
+        """
+        return self.upstreams.unsubscribe()
 
     def stopService(self):
         """

@@ -3,11 +3,16 @@
 Graceful shutdown of an L{evsrv.server.EvsrvService} (SIGTERM, SIGINT, or
 C{stopService} from embedding code), step by step:
 
- 1. The MI stops at once: the datagram ports and the HTTP port stop
-    listening (HTTP connections are closed, UNIX socket files removed)
-    before anything else, so no request can start a change that would not
-    be saved. A client gets no reply (UDP: the kernel answers "port
-    unreachable"; UNIX: the path is gone; HTTP: connection refused).
+ 1. The MI stops at once: the datagram ports, the FIFOs and the HTTP port
+    stop listening (HTTP connections are closed, UNIX socket and FIFO files
+    removed) before anything else, so no request can start a change that
+    would not be saved. A client gets no reply (UDP: the kernel answers
+    "port unreachable"; UNIX, FIFO: the path is gone, and FIFO replies still
+    waiting for their client are dropped; HTTP: connection refused).
+    Meanwhile every C{[upstream:NAME]} proxy is unsubscribed (expire 0), so
+    the proxies stop sending; one that does not answer within its MI
+    C{timeout} is not waited for. The ingest listeners stay open until the
+    children stop (step 3): what still arrives is raised and acknowledged.
  2. Drain: every transport with a C{drain} method (see
     L{evsrv.interfaces.IEventTransport}) gets until the deadline, C{[shutdown]
     timeout} seconds from now, to deliver what it holds. They drain side by
@@ -243,7 +248,8 @@ def stop_server(server, stop_children):
         C{config.shutdown_timeout}, C{transports} (name to transport),
         C{journal} (or C{None}) and C{close_mi()} (a Deferred; it closes
         every MI listener and removes the UNIX socket files, as
-        L{close_listeners} does).
+        L{close_listeners} does); if it has one, C{unsubscribe_upstreams()}
+        (a Deferred that does not fail).
     @param stop_children: stops every child service (MultiService's
         C{stopService}).
     @return: a Deferred firing with the L{ShutdownReport} once everything is
@@ -254,7 +260,11 @@ def stop_server(server, stop_children):
     clock = server.reactor
     timeout = server.config.shutdown_timeout
     started = clock.seconds()
+    # the [upstream] proxies are told to stop sending while the MI closes
+    # (each bounded by its MI timeout; a server without upstreams: nothing)
+    unsubscribing = maybeDeferred(getattr(server, "unsubscribe_upstreams", lambda: None))
     yield server.close_mi()
+    yield unsubscribing
     _log.info("shutdown: MI closed; delivering what the transports hold for up to "
               "{timeout:g} s", timeout=timeout)
     transports = dict(server.transports)

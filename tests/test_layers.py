@@ -28,6 +28,7 @@ LAYERS = [
     (6, ["evsrv.shutdown", "evsrv.config"]),
     (5.9, ["evsrv.exitstatus"]),
     (5.5, ["evsrv.plugins"]),
+    (5.2, ["evsrv.ingest"]),                    # OpenSIPS as a publisher: ingest, upstreams
     (5, ["evsrv.http", "evsrv.modules", "evsrv.script"]),
     (4, ["evsrv.mi", "evsrv.transports", "evsrv.persistence"]),
     (3, ["evsrv.evi"]),

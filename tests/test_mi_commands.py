@@ -93,3 +93,91 @@ def test_default_expire_is_3600(server):
     call(server, "event_subscribe", ["E_TEST", "udp:127.0.0.1:9"])
     sub = call(server, "subscribers_list", ["E_TEST", "udp:127.0.0.1:9"])["Event"]["Subscriber"]
     assert sub == {"socket": "udp:127.0.0.1:9", "expire": 3600, "ttl": 3600}
+
+
+# -- what each command answers, exactly ------------------------------------------------
+
+
+def test_every_command_has_its_own_help(server):
+    from evsrv.mi.controller import Command
+    helps = {}
+    for name in server.dispatcher.controller.names:
+        helps[name] = call(server, "help", [name])["Help"]
+    assert "No help available" not in helps.values()
+    assert len(set(helps.values())) == len(helps)  # each says something of its own
+    server.dispatcher.controller.register(Command("undocumented", [[]], lambda c: "OK"))
+    assert call(server, "help", ["undocumented"]) == {
+        "Help": "No help available", "Exported by": "core"}
+
+
+def test_ps_and_uptime_exactly(server):
+    assert call(server, "ps") == {"Processes": [
+        {"ID": 0, "PID": os.getpid(), "Type": "evsrv (MI, event interface, transports)"}]}
+    seconds = int(call(server, "uptime")["Up time"].split()[0])
+    assert 0 <= seconds < 60
+    assert 0 <= call(server, "get_statistics", [["core:uptime"]])["core:uptime"] < 60
+
+
+def test_list_statistics_of_one_group(server):
+    kinds = call(server, "list_statistics", {"statistics": ["policy:"]})
+    assert kinds == {"policy:destinations_refused": "incremental"}
+    assert len(call(server, "list_statistics")) > len(kinds)
+
+
+def test_a_subscriber_with_one_second_left_is_listed_with_its_ttl(server):
+    assert call(server, "event_subscribe", ["E_TEST", "udp:127.0.0.1:9", 1]) == "OK"
+    listed = call(server, "subscribers_list", ["E_TEST", "udp:127.0.0.1:9"])
+    assert listed["Event"]["Subscriber"] == {"socket": "udp:127.0.0.1:9", "expire": 1, "ttl": 1}
+
+
+def test_mi_params_numbers_in_an_array():
+    from evsrv.evi import Param
+    from evsrv.mi.commands import mi_params
+    assert mi_params([1.5, 2.0, -3, 1e400]) == (
+        Param(None, "1.5"), Param(None, "2"), Param(None, "-3"), Param(None, "inf"))
+
+
+def test_a_refused_destination_is_403_and_logged(server_factory):
+    from twisted.logger import formatEvent, globalLogPublisher
+    from tests.conftest import BASE_INI
+    server = server_factory(BASE_INI + "[policy]\ndeny_destinations = 127.0.0.0/8\n")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        refused = call(server, "event_subscribe", ["E_TEST", "udp:127.0.0.1:9"])
+        bad = call(server, "event_subscribe", ["E_TEST", "nope:x"])
+        text_reply = text(server, b":event_subscribe:\nE_TEST\nudp:127.0.0.1:9\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    reason = ("udp:127.0.0.1:9: destination 127.0.0.1 is refused by [policy] "
+              "deny_destinations (127.0.0.0/8)")
+    assert refused == {"code": 403, "message": "Destination not allowed", "data": reason}
+    assert text_reply == b"403 Forbidden\n"
+    assert bad["code"] == 400 and bad["message"] == "Bad parameter value"
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "evsrv.mi.commands"]
+    assert lines[:2] == [f"event_subscribe E_TEST udp:127.0.0.1:9 refused: {reason}",
+                         f"event_subscribe E_TEST nope:x: {bad['data']}"]
+
+
+def test_limits_over_the_mi(server_factory):
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from tests.conftest import BASE_INI
+    server = server_factory(BASE_INI + "[limits]\nmax_subscriptions = 1\nmax_params_bytes = 8\n")
+    assert call(server, "event_subscribe", ["E_TEST", "udp:127.0.0.1:9"]) == "OK"
+    warnings = []
+
+    def observe(event):
+        if event.get("log_level") == LogLevel.warn:
+            warnings.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    try:
+        full = call(server, "event_subscribe", ["E_TEST", "udp:127.0.0.1:10"])
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    reason = "1 subscriptions in all, the most [limits] max_subscriptions allows"
+    assert full == {"code": 503, "message": "Subscription limit reached", "data": reason}
+    assert warnings == [f"event_subscribe E_TEST udp:127.0.0.1:10 refused: {reason}"]
+    assert call(server, "raise_event", ["E_TEST", ["1234"]]) == "OK"
+    assert call(server, "raise_event", ["E_TEST", ["123456789"]]) == {
+        "code": 413, "message": "Params too large",
+        "data": "the parameters take 9 bytes, more than [limits] max_params_bytes (8)"}

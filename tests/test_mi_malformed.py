@@ -304,7 +304,7 @@ def test_empty_params_are_like_absent(call, params):
     ("event_subscribe", {"event": "E_TEST", "socket": "udp:127.0.0.1:9", "expire": 1, "x": 2}),
     ("subscribers_list", ["E_TEST", "udp:127.0.0.1:9", "x"]),
     ("raise_event", ["E_TEST", [], "x"]),
-    ("which", ["x"]),
+    ("which", ["events_list", "x"]),
 ])
 def test_wrong_parameter_count(call, method, params):
     assert call(request(method, params)) == \
@@ -553,6 +553,10 @@ RAISE_FORMS = [
     pytest.param({"a": 1, "b": "x", "c": [1, {"d": None}]}, OK,
                  b'{"jsonrpc":"2.0","method":"E_TEST","params":{"a":1,"b":"x",'
                  b'"c":"[1,{\\"d\\":null}]"}}', id="inline-object-D4"),
+    pytest.param({"o": {"k": 1, "l": [2, 3], "m": {"n": None, "p": "q"}}}, OK,
+                 b'{"jsonrpc":"2.0","method":"E_TEST","params":{"o":"{\\"k\\":1,'
+                 b'\\"l\\":[2,3],\\"m\\":{\\"n\\":null,\\"p\\":\\"q\\"}}"}}',
+                 id="inline-nested-object-members-D18"),
     pytest.param(True, b'"error":{"code":400,"message":"No Params"}', None, id="true"),
     pytest.param(False, b'"error":{"code":400,"message":"No Params"}', None, id="false"),
     pytest.param(None, b'"error":{"code":400,"message":"No Params"}', None, id="null"),
@@ -657,6 +661,10 @@ def unix_subscribe(call, lines: bytes):
     (b"E_TEST\nunix:/x/s", "unix:/x/s", 3600),                         # final \n optional
     (b"E_TEST\nunix:/x/s\n60\nextra\nmore\n", "unix:/x/s", 60),        # extra args ignored
     (b"E_TEST\nunix:/x/a b\n", "unix:/x/a b", 3600),                   # inner blanks kept
+    (b'E_TEST\n"unix:/x/a\n"\n60\n', "unix:/x/a\n", 60),               # ends in a newline
+    (b'E_TEST\n"unix:/x/s"', "unix:/x/s", 3600),                          # last, no \n
+    (b"::E_TEST\n::unix:/x/s\n", "unix:/x/s", 3600),                     # empty node name
+    (b"E_TEST\nunix:/x/a::b\n", "unix:/x/a::b", 3600),                   # "::" in a value
 ])
 def test_text_argument_parsing(call, lines, socket, expire):
     if expire is None:
@@ -736,6 +744,54 @@ def test_text_unknown_event_and_transport(call):
     assert unix_subscribe(call, b"E_TEST\nfoo:bar\n") == b"400 Bad parameter\n"
 
 
+@pytest.mark.parametrize("tail", [b"socket::", b"socket:: \t"])
+def test_text_a_node_name_ending_the_request_gives_an_empty_value(call, tail):
+    assert call(b":subscribers_list:\nE_TEST\n" + tail) == b"404 Subscriber does not exist\n"
+
+
+def test_text_a_command_line_starts_with_a_colon():
+    from evsrv.mi import text
+    assert text.decode(b"events_list:\n") is None
+    request = text.decode(b":events_list:\nx\n")
+    assert (request.method, request.arguments()) == ("events_list", ["x"])
+
+
+def test_text_generic_lines_of_any_result():
+    from evsrv.mi.text import generic_lines
+    result = {"a": 1, "b": None, "c": True, "d": False, "e": {"f": [1, {"g": "h"}]},
+              "l": ["x", ["y"]], "o": "OK"}
+    assert generic_lines(result) == [
+        "a:: 1", "b:: ", "c:: true", "d:: false", "e:: ", "\tf:: ", "\t\t:: 1", "\t\tg:: h",
+        "l:: ", "\t:: x", "\t:: y", "o:: OK"]
+    assert generic_lines("OK") == []  # a bare OK is the status line alone
+    assert generic_lines(["OK"]) == [":: OK"]
+    assert generic_lines("OK", 1) == ["\t:: OK"]
+    assert generic_lines(5) == [":: 5"]
+
+
+def test_text_replies_of_commands_without_their_own_lines(call):
+    help_reply = call(b":help:\nevents_list\n")
+    assert help_reply == b"200 OK\nHelp:: Lists every published event with its id.\n" \
+                         b"Exported by:: core\n"
+    assert call(b":subscribers_stats:\n") == b"200 OK\nSubscribers:: \n"
+
+
+def test_parse_errors_are_counted_in_both_dialects(call):
+    statistics = call.server.dispatcher.controller.statistics
+
+    def counted(data):
+        before = statistics.value("mi:parse_errors")
+        call(data)
+        return statistics.value("mi:parse_errors") - before
+    assert counted(b"not json") == 1
+    assert counted(b'{"method":"which","id":1}') == 1          # invalid request
+    assert counted(b":no colon\n") == 1                        # malformed command line
+    assert counted(b':event_subscribe:\nE_TEST\n"unix:/x\n') == 1  # malformed argument
+    assert counted(request("which")) == 0
+    assert counted(b":which:\n") == 0
+    assert counted(b":no_such:\n") == 0  # well formed, just unknown
+
+
 # == replies larger than one datagram ===========================================================
 
 SMALL_INI = BASE_INI.replace("[mi]\n", "[mi]\nmax_datagram = 1024\n")
@@ -747,6 +803,30 @@ def _many_subscribers(server, count=40):
         server.evi.subscribe("E_TEST", "udp:127.0.0.1:%d" % (10000 + i), 60,
                              origin="mi").addBoth(fired.append)
         assert fired and not isinstance(fired[0], Failure)
+
+
+def test_a_reply_of_exactly_max_reply_bytes_is_sent_one_more_is_not():
+    from evsrv.mi.controller import Command, MIController
+    from evsrv.mi.dispatch import MIDispatcher
+    from evsrv.util.statistics import Statistics
+    from tests.test_evi import result_of
+    controller = MIController(Statistics())
+    controller.register(Command("big", [[]], lambda call: "x" * 100))
+    too_large = controller.statistics.counter("mi", "replies_too_large")
+    for data, reply in ((request("big"), result("x" * 100)),
+                        (b":big:\n", b"200 OK\n:: " + b"x" * 100 + b"\n")):
+        size = len(reply)
+        assert result_of(MIDispatcher(controller, max_reply=size).handle(data)) == reply
+        detail = f"the reply is {size} bytes, more than one datagram can carry ({size - 1} bytes)"
+        for hint, shown in (("", detail), ("ask for less", detail + "; ask for less")):
+            before = too_large.value
+            dispatcher = MIDispatcher(controller, max_reply=size - 1, large_reply_hint=hint)
+            got = result_of(dispatcher.handle(data))
+            if data.startswith(b":"):
+                assert got == f"500 Reply too large: {shown}\n".encode()
+            else:
+                assert got == error(500, "Reply too large", data=shown)
+            assert too_large.value == before + 1
 
 
 def test_json_reply_too_large(make_call):

@@ -277,7 +277,10 @@ class CoreCommands:
 
     def commands(self):
         return [
-            Command("which", [[]], self.which, help="Lists the MI commands."),
+            # 1.x `which` takes no input (MI_NO_INPUT): text arguments are ignored
+            Command("which", [[], ["command"]], self.which, text_no_input=True,
+                    help="Lists the MI commands; with command: the parameter recipes "
+                         "(lists of parameter names) that command accepts."),
             Command("help", [[], ["mi_cmd"]], self.help, help="Describes an MI command."),
             Command("version", [[]], self.version, help="Server name and version."),
             Command("uptime", [[]], self.uptime, help="Start time and running time."),
@@ -291,6 +294,14 @@ class CoreCommands:
         ]
 
     def which(self, call):
+        if call.has("command"):
+            # OpenSIPS 3.x mi_which_cmd: one array of names per recipe (an
+            # empty one for "no parameters"); opensips-cli's tab completion
+            # reads it
+            command = self.controller.lookup(call.string("command"))
+            if command is None:
+                raise MIError(404, "unknown MI command")
+            return [list(recipe) for recipe in command.recipes]
         names = list(self.controller.names)
         for name in self.controller.names:
             names.extend(self.controller.commands[name].aliases)

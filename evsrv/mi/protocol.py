@@ -81,8 +81,8 @@ class MIDatagramProtocol(DatagramProtocol):
                 return
         d = self.dispatcher.handle(data)
         d.addCallback(self._reply, addr)
-        d.addErrback(self._log.failure, "MI request from {addr} on {label} failed",
-                     addr=addr, label=self.label)
+        d.addErrback(lambda f: self._log.failure("MI request from {addr} on {label} failed", f,
+                                                 addr=addr, label=self.label))
 
     def _reply(self, reply, addr):
         if reply is None:
