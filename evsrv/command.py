@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_command -*-
+# -*- test-case-name: tests.test_mi_commands, tests.test_mi_malformed -*-
 """
 An MI command as every provider declares it (the EVI and core commands,
 modules, transports): its parameter recipes and typed parameter access

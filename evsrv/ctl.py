@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ctl -*-
 """
 evsrv-ctl: run evsrv MI commands from the shell, the way C{opensipsctl fifo}
 or C{opensips-mi} do for OpenSIPS, over the MI datagram sockets (JSON-RPC 2.0

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_encoding -*-
+# -*- test-case-name: tests.test_vectors -*-
 """
 Wire bytes, produced in one place per format (spec §4.0, §4.1, §2.1).
 

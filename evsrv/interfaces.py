@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_interfaces -*-
 """
 The extension points of evsrv. Plugins for them live in an C{evsrv/plugins/}
 directory of any distribution and are enabled by name from the ini file.

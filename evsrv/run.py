@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 C{evsrv} (and C{python -m evsrv}): the console script of the wheel,
 C{twist evsrv} under one name.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_smoke, tests.test_interfaces -*-
 """
 Assembles a running evsrv from a L{Config}: the transports, the policy, the
 store, the event interface, the expiry timer, the MI, the modules and the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_evi -*-
 """
 Public test doubles for code built on evsrv (scripts, modules, plugins):
 a transport that records what it is asked to deliver, and a ready-made

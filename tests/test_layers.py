@@ -219,3 +219,16 @@ def test_the_checker_finds_upward_peer_and_silent_late_imports(fake_tree):
 
 def SOURCE_OF():
     return sys.modules[__name__].SOURCE
+
+
+def test_test_case_name_headers_name_test_modules_that_exist():
+    # trial-style headers tell an editor which tests to run for a module
+    wrong = []
+    for path in modules():
+        match = re.match(r"# -\*- test-case-name: (.*) -\*-", path.read_text())
+        if not match:
+            continue
+        for name in (n.strip() for n in match.group(1).split(",")):
+            if not (ROOT / Path(*name.split("."))).with_suffix(".py").exists():
+                wrong.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not wrong, "\n".join(wrong)

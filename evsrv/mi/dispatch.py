@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mi_dispatch -*-
+# -*- test-case-name: tests.test_mi_malformed -*-
 """
 From request bytes to reply bytes: picks the dialect (1.x text when the
 datagram starts with C{:}, else JSON-RPC), runs the command through the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mi_jsonrpc -*-
+# -*- test-case-name: tests.test_vectors, tests.test_mi_malformed -*-
 """
 The OpenSIPS 3.x JSON-RPC 2.0 MI dialect (spec §2.1, §3.2): request parsing
 and reply bytes.

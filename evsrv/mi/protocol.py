@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mi_protocol -*-
+# -*- test-case-name: tests.test_mi_acl -*-
 """
 The MI datagram listeners (UDP and UNIX): a thin protocol that hands each
 datagram to the dispatcher and sends the reply back to its source.

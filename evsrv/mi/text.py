@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mi_text -*-
+# -*- test-case-name: tests.test_vectors, tests.test_mi_malformed -*-
 """
 The OpenSIPS 1.x text MI dialect on the datagram sockets (spec §2.3, §3.1,
 §9 D2): C{:command:\\n} followed by one argument per line; replies are

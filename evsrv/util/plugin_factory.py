@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_thirdparty_plugins -*-
 """
 The shape every evsrv plugin factory shares.
 """

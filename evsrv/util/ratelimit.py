@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_mi_acl -*-
 """
 Logging that a flood cannot turn into a flood of log lines.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_statistics -*-
+# -*- test-case-name: tests.test_metrics -*-
 """
 Named statistics in OpenSIPS style (C{group:name}), read by the MI
 C{get_statistics}, C{list_statistics} and C{reset_statistics} commands.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap, tests.test_shutdown -*-
 """
 The one place evsrv reaches into Twisted's private names, each where
 Twisted offers no public hook. Every use says what it needs and why; if a

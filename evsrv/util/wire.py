@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_vectors -*-
 """
 Text <-> wire bytes. Bytes that are not UTF-8 travel inside evsrv as lone
 surrogates (C{surrogateescape}) and leave exactly as they came in.
