@@ -305,3 +305,281 @@ def test_drops_are_counted_apart_from_failures():
     only_dropped = DeliveryReport("E_X", 1)
     only_dropped.add(Outcome(dropped=1))
     assert (only_dropped.failed, only_dropped.dropped, only_dropped.ok) == (0, 1, False)
+
+
+# -- the event interface's edges -------------------------------------------------------
+
+
+def info_lines(run):
+    """
+    What C{run()} logs at info level, formatted.
+    """
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    lines = []
+
+    def observe(event):
+        if event.get("log_level") == LogLevel.info:
+            lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    try:
+        run()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return lines
+
+
+def test_has_subscribers_is_about_live_ones():
+    evi, clock, transport = memory_evi("E_X", "E_Y")
+    assert not evi.has_subscribers("E_NOPE")
+    assert not evi.has_subscribers("E_X")
+    result_of(evi.subscribe("E_X", "test:a", 5))
+    result_of(evi.subscribe("E_Y", "test:b"))  # never expires
+    assert evi.has_subscribers("E_X") and evi.has_subscribers("E_Y")
+    clock.advance(10 ** 6)
+    assert not evi.has_subscribers("E_X") and evi.has_subscribers("E_Y")
+
+
+def test_a_socket_that_is_not_utf8_is_refused_for_every_transport():
+    evi, clock, transport = memory_evi("E_X")
+    failure = result_of(evi.subscribe("E_X", "test:ab\udc80c"))
+    assert failure.check(BadSocket)
+    assert str(failure.value) == ("socket 'test:ab\\udc80c' is not valid UTF-8 (byte or "
+                                  "escape at position 7)")
+    assert result_of(evi.subscribe("E_X", "test:\u00e9t\u00e9")).socket == "test:\u00e9t\u00e9"
+
+
+def test_a_transport_admits_only_what_the_policy_passed():
+    from twisted.internet.task import Clock
+    from zope.interface import implementer
+    from evsrv.evi import EventInterface
+    from evsrv.interfaces import DestinationRefused, IAdmission
+    from evsrv.testing import RecordingTransport
+    from evsrv.util.statistics import Statistics
+    admitted = []
+
+    class Admitting(RecordingTransport):
+        def admit(self, destination):
+            if destination.key == "test:full":
+                raise BadSocket("no room for test:full")
+            admitted.append(destination.key)
+            return destination
+
+    class RefuseB:
+        def check(self, destination, transport):
+            if destination.key == "test:b":
+                raise DestinationRefused("not b")
+            return destination
+    declared = implementer(IAdmission)(type("Declared", (Admitting,), {}))
+    for transport in (Admitting("test"), declared("test")):  # declared or not (older plugins)
+        admitted.clear()
+        evi = EventInterface(Clock(), {"test": transport}, Statistics(), policy=RefuseB())
+        evi.publish("E_X")
+        assert result_of(evi.subscribe("E_X", "test:a")).socket == "test:a"
+        assert result_of(evi.subscribe("E_X", "test:b")).check(DestinationRefused)
+        assert str(result_of(evi.subscribe("E_X", "test:full")).value) == "no room for test:full"
+        assert admitted == ["test:a"]
+
+
+def test_subscriptions_are_internal_unless_told_and_keep_a_restored_time():
+    evi, clock, transport = memory_evi("E_X")
+    clock.advance(100)
+    sub = result_of(evi.subscribe("E_X", "test:a", 60))
+    assert sub.origin == "internal"
+    restored = result_of(evi.subscribe("E_X", "test:b", 60, subscribed_at=50.0))
+    assert restored.ttl(clock.seconds()) == 10
+    failure = result_of(evi.subscribe("E_X", "test:c", -1))
+    assert failure.check(ValueError) and str(failure.value) == "negative expire"
+
+
+def test_subscribe_unsubscribe_and_expiry_are_logged_at_info():
+    evi, clock, transport = memory_evi("E_X")
+    lines = info_lines(lambda: (result_of(evi.subscribe("E_X", "test:a", 60, origin="mi")),
+                                result_of(evi.subscribe("E_X", "test:a", 30, origin="mi")),
+                                result_of(evi.subscribe("E_X", "test:b")),
+                                result_of(evi.subscribe("E_X", "test:a", 0, origin="mi"))))
+    assert lines == ["test:a subscribed to E_X (expire 60)",  # a refresh says nothing
+                     "test:b subscribed to E_X (expire never)",
+                     "test:a unsubscribed from E_X"]
+    for i in range(2):
+        result_of(evi.subscribe("E_X", f"test:x{i}", 5))
+    clock.advance(5)
+    assert info_lines(evi.sweep) == ["2 subscription(s) expired"]
+    assert info_lines(evi.sweep) == []
+
+
+def test_subscriptions_purged_by_a_raise_are_counted_as_expired():
+    evi, clock, transport = memory_evi("E_X")
+    result_of(evi.subscribe("E_X", "test:a", 5))
+    result_of(evi.subscribe("E_X", "test:b", 50))
+    clock.advance(5)
+    report = result_of(evi.raise_event("E_X"))
+    assert report.subscribers == 1
+    assert evi.statistics.value("evi:subscriptions_expired") == 1
+    assert evi.sweep() == 0  # nothing left to expire
+
+
+def test_a_transport_exception_marks_each_of_its_subscribers(logged_errors):
+    evi, clock, transport = memory_evi("E_X")
+    subs = [result_of(evi.subscribe("E_X", f"test:{n}")) for n in "ab"]
+
+    def broken(notification, subscriptions):
+        raise RuntimeError("bug")
+    transport.deliver = broken
+    report = result_of(evi.raise_event("E_X"))
+    assert (report.delivered, report.failed) == (0, 2)
+    assert [(s.failed, s.last_error) for s in subs] == [(1, "internal error: bug")] * 2
+    assert len(logged_errors.flush(RuntimeError)) == 1
+
+
+def test_many_raises_one_after_the_other_are_not_nested():
+    evi, clock, transport = memory_evi("E_X")
+    result_of(evi.subscribe("E_X", "test:a"))
+    for _ in range(150):
+        assert result_of(evi.raise_event("E_X")).delivered == 1
+    assert len(transport.delivered) == 150
+
+
+def test_a_failing_delivery_deferred_leaves_no_unhandled_error():
+    import gc
+    from twisted.internet.defer import fail
+    from twisted.python.failure import Failure
+    evi, clock, transport = memory_evi("E_X")
+    result_of(evi.subscribe("E_X", "test:a"))
+    transport.deliver = lambda notification, subscriptions: fail(RuntimeError("lost"))
+    assert isinstance(result_of(evi.raise_event("E_X")), Failure)
+    gc.collect()  # an unhandled failure would be logged now, failing the test
+
+
+def test_report_observers_are_told_the_delivery_time_synchronous_or_not():
+    evi, clock, transport = memory_evi("E_X")
+    seen = []
+    evi.observe_reports(lambda report, seconds: seen.append((report.delivered, seconds)))
+    result_of(evi.subscribe("E_X", "test:a"))
+    clock.advance(1000)
+    result_of(evi.raise_event("E_X"))
+    transport.asynchronous = True
+    evi.raise_event("E_X")
+    clock.advance(0.5)
+    transport.settle()
+    assert seen == [(1, 0.0), (1, 0.5)]
+
+
+def test_the_parts_given_at_construction_are_kept_and_limits_are_frozen():
+    import dataclasses
+    from evsrv.evi import Limits
+    policy, journal = object(), object()
+    evi, clock, transport = memory_evi("E_X", policy=policy, journal=journal,
+                                       limits=Limits(max_subscriptions=5))
+    assert (evi.destination_policy, evi.journal) == (policy, journal)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evi.limits.max_subscriptions = 6
+
+
+@pytest.mark.parametrize("params, size", [
+    ({"x": "a" * 9}, 10),
+    (["abcdefghij"], 10),                       # no name: nothing counted for it
+    ({"n" * 8: "vv"}, 10),                      # names count
+    ({"n": -(2 ** 63)}, 21),                    # an int as its decimal digits
+    ({"e": "\u00e9" * 4, "f": "x"}, 11),       # UTF-8 bytes, not characters
+    ({"s": "ab\udc80"}, 6),                     # a raw byte (lone surrogate): 3 bytes
+    ({"n\udc80": "v"}, 5),                      # in a name too
+    ([12, "abcd"], 6),
+])
+def test_params_may_take_max_params_bytes_and_not_one_more(params, size):
+    from evsrv.evi import Limits
+    from evsrv.interfaces import LimitExceeded
+    evi, clock, transport = memory_evi("E_X", limits=Limits(max_params_bytes=size))
+    result_of(evi.subscribe("E_X", "test:a"))
+    assert result_of(evi.raise_event("E_X", params)).delivered == 1
+    tight, _, _ = memory_evi("E_X", limits=Limits(max_params_bytes=size - 1))
+    failure = result_of(tight.raise_event("E_X", params))
+    assert failure.check(LimitExceeded)
+    assert str(failure.value) == (f"the parameters take {size} bytes, more than "
+                                  f"[limits] max_params_bytes ({size - 1})")
+
+def test_the_total_limit_purges_expired_subscriptions_before_refusing():
+    from evsrv.evi import Limits
+    from evsrv.interfaces import LimitExceeded
+    evi, clock, transport = memory_evi("E_X", "E_Y", limits=Limits(max_subscriptions=2))
+    result_of(evi.subscribe("E_X", "test:a", 5))
+    result_of(evi.subscribe("E_X", "test:b", 60))
+    assert result_of(evi.subscribe("E_Y", "test:c", 60)).check(LimitExceeded)
+    clock.advance(5)  # test:a expired, not swept yet
+    assert result_of(evi.subscribe("E_Y", "test:c", 60)).socket == "test:c"
+    assert evi.statistics.value("evi:subscriptions_expired") == 1
+
+
+def test_unsubscribe_and_find_subscriber():
+    evi, clock, transport = memory_evi("E_X")
+    sub = result_of(evi.subscribe("E_X", "test:a", 5))
+    assert result_of(evi.find_subscriber("E_X", "test:a")) is sub
+    assert result_of(evi.find_subscriber("E_X", "test:b")) is None
+    assert result_of(evi.find_subscriber("E_NOPE", "test:a")).check(UnknownEvent)
+    assert result_of(evi.find_subscriber("E_X", "nope:a")).check(UnknownTransport)
+    evi.unsubscribe(sub)
+    assert result_of(evi.find_subscriber("E_X", "test:a")) is None
+    assert evi.store.size == 0 and evi.subscribers(evi.event("E_X")) == []
+
+
+def test_watchers_see_each_raise_before_the_subscribers_and_count_as_subscribed(
+        logged_errors):
+    evi, clock, transport = memory_evi("E_X", "E_Y")
+    seen = []
+
+    def watcher(name, params):
+        seen.append((name, params, len(transport.delivered)))
+    assert (evi.has_subscribers("E_X"), evi.probe("E_X")) == (False, 0)
+    evi.watch("E_X", watcher)
+    assert (evi.has_subscribers("E_X"), evi.probe("E_X")) == (True, 1)
+    assert (evi.has_subscribers("E_Y"), evi.probe("E_Y")) == (False, 0)
+    result_of(evi.subscribe("E_X", "test:a"))
+    assert evi.probe("E_X") == 2
+    report = result_of(evi.raise_event("E_X", {"k": "v"}))
+    assert seen == [("E_X", make_params({"k": "v"}), 0)]  # before the delivery
+    assert report.delivered == 1 and len(transport.delivered) == 1
+    # a watcher that fails is logged; the others and the delivery go on
+    evi.watch("E_X", lambda name, params: 1 / 0)
+    evi.watch("E_X", watcher)
+    assert result_of(evi.raise_event("E_X")).delivered == 1
+    assert len(seen) == 3 and len(logged_errors.flush(ZeroDivisionError)) == 1
+    result_of(evi.raise_event("E_Y"))
+    assert len(seen) == 3
+    evi.unwatch("E_X", watcher)
+    evi.unwatch("E_X", watcher)
+    evi.unwatch("E_X", print)  # never watched: no harm
+    evi.unwatch("E_Y", watcher)
+    assert evi.probe("E_X") == 2  # the failing one is still there
+    result_of(evi.raise_event("E_X"))
+    assert len(seen) == 3 and len(logged_errors.flush(ZeroDivisionError)) == 1
+
+
+def test_without_subscribers_a_watched_event_still_counts_and_reaches_its_watcher():
+    evi, clock, transport = memory_evi("E_X")
+    seen = []
+
+    def watcher(name, params):
+        seen.append(name)
+    evi.watch("E_X", watcher)
+    report = result_of(evi.raise_event("E_X"))
+    assert (report.subscribers, seen) == (0, ["E_X"])
+    evi.unwatch("E_X", watcher)
+    assert not evi.has_subscribers("E_X") and evi.probe("E_X") == 0
+    result_of(evi.raise_event("E_X"))
+    assert seen == ["E_X"]
+
+
+def test_raises_from_a_watcher_are_nested_and_bounded(logged_errors):
+    evi, clock, transport = memory_evi("E_X")
+    depth = []
+
+    def again(name, params):
+        depth.append(1)
+        evi.raise_event("E_X").addErrback(lambda f: depth.append(f.check(NestingError)))
+    evi.watch("E_X", again)
+    result_of(evi.raise_event("E_X"))
+    assert depth.count(1) == 100 and NestingError in depth
+    logged_errors.flush()
+    # and the depth is back to 0 afterwards
+    evi.unwatch("E_X", again)
+    result_of(evi.subscribe("E_X", "test:a"))
+    assert result_of(evi.raise_event("E_X")).delivered == 1

@@ -245,6 +245,177 @@ def test_unknown_owner_is_refused_before_binding(tmpdir_short):
     assert not os.path.exists(path)
 
 
+# -- the MI sockets themselves -------------------------------------------------------
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mi_protocol(*commands, label="mi:test"):
+    """
+    An MI datagram protocol over a controller with C{commands}
+    (C{(name, handler)}), no reply size limit.
+    """
+    from evsrv.mi.controller import Command
+    controller = MIController(Statistics())
+    for name, handler in commands:
+        controller.register(Command(name, [[]], handler))
+    return MIDatagramProtocol(MIDispatcher(controller), reactor, label)
+
+
+def test_a_failing_chown_leaves_no_socket_open(tmpdir_short, monkeypatch):
+    def refuse(path, uid, gid):
+        raise PermissionError(1, os.strerror(1), path)
+    monkeypatch.setattr("evsrv.mi.protocol.os.chown", refuse)
+    path = str(tmpdir_short / "x.sock")
+    before = open_fds()
+    with pytest.raises(ListenError, match="Operation not permitted"):
+        listen_unix(reactor, DatagramCollector(), path, 0o600, "nobody", None)
+    assert open_fds() == before and not os.path.exists(path)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_socket_is_chowned_only_for_an_owner_or_a_group(tmpdir_short, monkeypatch):
+    calls = []
+    monkeypatch.setattr("evsrv.mi.protocol.os.chown", lambda *args: calls.append(args))
+    path = str(tmpdir_short / "x.sock")
+    for owner, group, expected in ((None, None, []), (None, "nogroup", [(path, -1, NOGROUP)]),
+                                   ("nobody", None, [(path, NOBODY, -1)])):
+        calls.clear()
+        port = listen_unix(reactor, DatagramCollector(), path, 0o600, owner, group)
+        yield maybeDeferred(port.stopListening)
+        os.unlink(path)
+        assert calls == expected
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stale_socket_file_is_replaced_a_served_one_is_not(tmpdir_short):
+    import socket
+    path = str(tmpdir_short / "mi.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(path)
+    stale.close()  # its file stays behind, as after a crash
+    before = open_fds()
+    protocol = mi_protocol(("ping", lambda call: "pong"))
+    port = listen_unix(reactor, protocol, path, 0o600)
+    try:
+        with pytest.raises(ListenError, match="another process is serving it"):
+            listen_unix(reactor, DatagramCollector(), path, 0o600)
+        assert open_fds() == before + 1  # the probe sockets are closed
+        client = DatagramCollector()
+        client_path = str(tmpdir_short / "client.sock")
+        client_port = reactor.listenUNIXDatagram(client_path, client)
+        try:
+            reply, _ = yield client.request(request("ping", 4), path)
+            assert json.loads(reply)["result"] == "pong"
+        finally:
+            yield maybeDeferred(client_port.stopListening)
+            os.unlink(client_path)
+    finally:
+        yield maybeDeferred(port.stopListening)
+    os.unlink(path)
+    with open(path, "w") as f:
+        f.write("not a socket")
+    with pytest.raises(ListenError, match="it exists and is not a socket"):
+        listen_unix(reactor, DatagramCollector(), path, 0o600)
+    assert os.path.exists(path)  # never removed
+
+
+@pytest_twisted.inlineCallbacks
+def test_mi_sockets_read_a_bounded_amount_per_turn_into_a_large_buffer(tmpdir_short):
+    import socket
+    from evsrv.mi.protocol import MI_BYTES_PER_TURN, listen_udp
+    fresh = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    default = fresh.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    fresh.close()
+    ports = [listen_udp(reactor, mi_protocol(), "127.0.0.1", 0),
+             listen_unix(reactor, mi_protocol(), str(tmpdir_short / "x.sock"), 0o600)]
+    try:
+        for port in ports:
+            # (Twisted reads up to 256 KiB per turn by default)
+            assert port.maxThroughput == MI_BYTES_PER_TURN < 256 * 1024
+            assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > default
+    finally:
+        for port in ports:
+            yield maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_mi_protocol_is_not_noisy(tmpdir_short):
+    from evsrv.mi.protocol import listen_udp
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        port = listen_udp(reactor, mi_protocol(), "127.0.0.1", 0)
+        yield maybeDeferred(port.stopListening)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # (the server logs its own "MI listening on ..." line)
+    assert [t for t in map(formatEvent, events) if "protocol" in t.lower()
+            and "starting on" not in t] == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_replies_that_cannot_be_sent_are_counted_and_logged(warnings, client, tmpdir_short):
+    import socket
+    from twisted.internet.defer import Deferred
+    from evsrv.mi.protocol import listen_udp
+    later = Deferred()
+    protocol = mi_protocol(("huge", lambda call: "x" * 70000), ("later", lambda call: later))
+    statistics = protocol.dispatcher.controller.statistics
+    port = listen_udp(reactor, protocol, "127.0.0.1", 0)
+    address = ("127.0.0.1", port.getHost().port)
+    local = client()
+    try:
+        # more than an IPv4 datagram can carry
+        local.transport.write(request("huge"), address)
+        yield until(lambda: statistics.value("mi:replies_failed") == 1)
+        assert warnings == [f"mi:test: reply to {local.address!r} lost: Message too long "
+                            f"(0 similar messages suppressed)"]
+        # an answer that comes once the socket is closed
+        local.transport.write(request("later"), address)
+        yield until(lambda: statistics.value("mi:requests") == 2)
+    finally:
+        yield maybeDeferred(port.stopListening)
+    later.callback("OK")
+    assert statistics.value("mi:replies_failed") == 2
+    # a UNIX client that did not bind a path cannot be answered
+    path = str(tmpdir_short / "mi.sock")
+    unix_protocol = mi_protocol(("ping", lambda call: "pong"), label="mi:unix")
+    unix_port = listen_unix(reactor, unix_protocol, path, 0o600)
+    unbound = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        unbound.sendto(request("ping"), path)
+        unix_statistics = unix_protocol.dispatcher.controller.statistics
+        yield until(lambda: unix_statistics.value("mi:replies_failed") == 1)
+        assert warnings[1:] == ["mi:unix: cannot reply to an unbound UNIX client "
+                                "(0 similar messages suppressed)"]
+    finally:
+        unbound.close()
+        yield maybeDeferred(unix_port.stopListening)
+
+
+@pytest_twisted.inlineCallbacks
+def test_listening_ports_close_and_remove_their_files(tmpdir_short):
+    from twisted.internet.defer import Deferred
+    from evsrv.mi.protocol import ListeningPorts
+    path = str(tmpdir_short / "mi.sock")
+    port = listen_unix(reactor, DatagramCollector(), path, 0o600)
+    service = ListeningPorts([port], [path, str(tmpdir_short / "never-made.sock")])
+    service.startService()
+    stopped = service.stopService()
+    assert isinstance(stopped, Deferred)  # the server waits for it
+    yield stopped
+    assert (service.running, service.ports, os.path.exists(path)) == (False, [], False)
+    # a path that cannot be removed is an error, not a silence
+    (tmpdir_short / "a-directory").mkdir()
+    failing = ListeningPorts([], [str(tmpdir_short / "a-directory")])
+    failing.startService()
+    with pytest.raises(IsADirectoryError):
+        yield failing.stopService()
+
+
 # -- HTTP --------------------------------------------------------------------------
 
 HTTP_ACL_INI = """\
@@ -455,6 +626,40 @@ def test_http_silent_gate_refusal_closes_the_connection(server_factory):
     received = yield http_exchange(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
                                            b"Connection: close\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 ")
+
+
+def test_gates_are_asked_in_order_and_the_first_refusal_wins():
+    from evsrv.mi.dispatch import run_gates
+    asked = []
+
+    def gate(name, verdict):
+        def ask(address):
+            asked.append(name)
+            return verdict
+        return ask
+    closed = Refusal(MIError(-32000, "Closed"))
+    assert run_gates([gate("a", True), gate("b", "any true value")], "x") is None
+    assert run_gates([gate("c", True), gate("d", closed), gate("e", False)], "x") is closed
+    silent = run_gates([gate("f", 0), gate("g", closed)], "x")
+    assert isinstance(silent, Refusal) and silent.error is None and not silent.rate_capped
+    assert asked == ["a", "b", "c", "d", "f"]
+    assert not Refusal() and not closed  # false, for callers asking "if not gate(address)"
+
+
+def test_a_refusal_is_answered_in_the_request_dialect_without_running_it():
+    controller = MIController(Statistics())
+    dispatcher = MIDispatcher(controller)
+    error = MIError(-32000, "Closed", legacy=(403, "Closed now"))
+    answer = b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"Closed"},"id":%s}'
+    assert dispatcher.refusal_reply(request("which", 7), error) == answer % b"7"
+    assert dispatcher.refusal_reply(b"not json", error) == answer % b"null"
+    # JSON but not a request: the id is echoed when there is one
+    assert dispatcher.refusal_reply(b'{"method":"which","id":"q"}', error) == answer % b'"q"'
+    assert dispatcher.refusal_reply(b'{"jsonrpc":"2.0","method":"which"}', error) is None
+    assert dispatcher.refusal_reply(b":which:\n", error) == b"403 Closed now\n"
+    # the HTTP MI has no 1.x text: a colon is just bad JSON there
+    assert dispatcher.refusal_reply(b":which:\n", error, json_only=True) == answer % b"null"
+    assert controller.statistics.value("mi:requests") == 0
 
 
 # -- a real server process ---------------------------------------------------------

@@ -214,6 +214,43 @@ def test_a_new_subscription_that_was_not_stored_is_taken_back(tmp_path, logged_e
     result_of(evi.journal.close())
 
 
+def test_mi_subscriptions_and_their_removal_are_stored_unless_told_not_to(tmp_path):
+    journal, clock, _ = make_journal(tmp_path)
+    evi, clock, _ = memory_evi("E_TEST", clock=clock, journal=journal)
+    answered = []
+    evi.subscribe("E_TEST", "test:a", 60, origin="mi").addBoth(answered.append)
+    assert answered == []  # answered once stored
+    clock.advance(0.01)
+    assert answered[0].socket == "test:a"
+    assert rows(tmp_path / "s.sqlite") == [("E_TEST", "test:a", "test:a", 60, 1000.0)]
+    # restoring at start-up: not written again
+    assert result_of(evi.subscribe("E_TEST", "test:b", 60, origin="mi", record=False))
+    gone = evi.subscribe("E_TEST", "test:a", 0, origin="mi")
+    clock.advance(0.01)
+    assert result_of(gone) is None
+    assert rows(tmp_path / "s.sqlite") == [] and evi.store.size == 1
+    result_of(evi.journal.close())
+
+
+def test_a_refresh_that_was_not_stored_keeps_the_subscription(tmp_path, logged_errors):
+    clock = Clock()
+    db = FailingDatabase(tmp_path / "s.sqlite")
+    db.failing = False
+    journal = SubscriptionJournal(db, clock, Statistics(), 0.01, run=sync_runner)
+    evi, clock, _ = memory_evi("E_TEST", clock=clock, journal=journal)
+    first = evi.subscribe("E_TEST", "test:a", 60, origin="mi")
+    clock.advance(0.01)
+    sub = result_of(first)
+    db.failing = True
+    refresh = evi.subscribe("E_TEST", "test:a", 120, origin="mi")
+    clock.advance(0.01)
+    assert result_of(refresh).check(StoreWriteError)
+    assert evi.store.find(evi.event("E_TEST"), "test:a") is sub
+    logged_errors.flush()
+    db.failing = False
+    result_of(evi.journal.close())
+
+
 def test_script_subscriptions_are_not_stored(tmp_path):
     journal, clock, _ = make_journal(tmp_path)
     evi, clock, _ = memory_evi("E_TEST", clock=clock, journal=journal)

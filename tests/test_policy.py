@@ -260,6 +260,23 @@ def test_open_policy_checks_nothing():
     for address in ("169.254.169.254", "64:ff9b::a9fe:a9fe"):
         assert check(p, address).address == (address,)
     assert p.warn_unchecked([RecordingTransport()]) == []
+    # not even asked where it sends: a name (refused by any other policy) passes
+    assert check(p, "example.com").address == ("example.com",)
+
+    class Unreadable(AddressTransport):
+        @staticmethod
+        def peer_hosts(destination):
+            raise AssertionError("an open policy does not look")
+    assert check(p, "10.0.0.1", Unreadable()).address == ("10.0.0.1",)
+    # anything allowed or denied makes a policy that checks
+    assert not policy(deny="10.0.0.0/8").open
+    assert not policy(allow="10.0.0.0/8", deny="").open
+
+
+def test_the_transports_the_policy_cannot_check_are_named_once(log_capture):
+    from evsrv.testing import RecordingTransport as Rec
+    assert policy().warn_unchecked([Rec("a"), AddressTransport(), Rec("a"), Rec("b")]) == ["a", "b"]
+    assert len([t for t in log_capture.warnings() if "does not tell where it sends" in t]) == 2
 
 
 def test_refused_is_a_bad_socket():

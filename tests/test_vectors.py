@@ -459,6 +459,15 @@ def test_v38_jsonrpc24_body():
         b'{"id":null,"jsonrpc":"2.0","method":"E_TEST","params":{"ip":"1.2.3.4"}}'
 
 
+def test_v38_jsonrpc24_body_with_an_id():
+    # evsrv's reliable mode on jsonrpc: (as 2.4's sync_mode): a number instead of null
+    assert encoding.jsonrpc24_notification_with_id(
+        "E_TEST", (Param("ip", "1.2.3.4"),), method="notify", notification_id=12) == \
+        b'{"id":12,"jsonrpc":"2.0","method":"notify","params":{"ip":"1.2.3.4"}}'
+    assert encoding.jsonrpc24_notification_with_id("E_TEST", ()) == \
+        b'{"id":1,"jsonrpc":"2.0","method":"E_TEST","params":{}}'
+
+
 def test_v38_jsonrpc24_body_empty_params():
     assert encoding.jsonrpc24_notification("E_TEST", ()) == \
         b'{"id":null,"jsonrpc":"2.0","method":"E_TEST","params":{}}'
