@@ -175,7 +175,8 @@ class EvsrvService(MultiService):
         events = LateBinding("the event interface")
         self._script_binding = LateBinding("the routing script")
         context = TransportContext(reactor, self.statistics, config.base_dir,
-                                   event_interface=events, script=self._script_binding)
+                                   event_interface=events, script=self._script_binding,
+                                   max_queued_bytes=config.limits.max_queued_bytes)
         self.transports = build_transports(
             config, transport_factories() if factories is None else factories, context, self)
         by_scheme = {scheme: transport for transport in self.transports.values()

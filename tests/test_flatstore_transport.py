@@ -15,6 +15,7 @@ import pytest_twisted
 from hypothesis import given, settings, strategies as st
 from twisted.internet import reactor, task
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from evsrv.encoding import flatstore_line
 from evsrv.evi import EventInterface
@@ -46,6 +47,16 @@ def test_escapes_are_documented_and_reversible():
     assert line == b"E\\,T,a\\,b,back\\\\slash,two\\nlines\\r,\\\\\\,,\n"
     assert line.count(b"\n") == 1
     assert split_line(line) == ["E,T", "a,b", "back\\slash", "two\nlines\r", "\\,", ""]
+
+
+@pytest.mark.parametrize("value, written", [
+    ("a\rb", b"a\\rb"), ("\r", b"\\r"), ("a\nb", b"a\\nb"), ("a\\b", b"a\\\\b"),
+    ("a,b", b"a\\,b")])
+def test_a_lone_special_character_is_escaped(value, written):
+    # each special character alone is enough to escape the field
+    line = flatstore_line("E_X", make_params([value]))
+    assert line == b"E_X," + written + b"\n"
+    assert split_line(line) == ["E_X", value]
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,14 +196,24 @@ def test_write_errors_are_counted_logged_once_and_retried(fx, tmp_path):
     result_of(fx.evi.raise_event("E_TEST", ["1"]))
     fx.flat.rotate("d/x.log")  # closed: the next line reopens
     os.rename(tmp_path / "d", tmp_path / "gone")
-    for n in range(3):
-        report = result_of(fx.evi.raise_event("E_TEST", [str(n)]))
-        assert report.failed == 1
-    assert sub.failed == 3 and sub.last_error == "No such file or directory"
-    assert fx.stat("write_errors") == 3
-    (tmp_path / "d").mkdir()
-    assert result_of(fx.evi.raise_event("E_TEST", ["back"])).delivered == 1
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for n in range(3):
+            report = result_of(fx.evi.raise_event("E_TEST", [str(n)]))
+            assert report.failed == 1
+        assert sub.failed == 3 and sub.last_error == "No such file or directory"
+        assert fx.stat("write_errors") == 3
+        (tmp_path / "d").mkdir()
+        assert result_of(fx.evi.raise_event("E_TEST", ["back"])).delivered == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     assert (tmp_path / "d" / "x.log").read_bytes() == b"E_TEST,back\n"
+    path = str(tmp_path / "d" / "x.log")
+    assert [formatEvent(e) for e in events if e.get("path") == path] == [
+        f"flatstore: cannot write to {path}: No such file or directory (retried at every "
+        "raise; logged once)",
+        f"flatstore: writing to {path} again"]
 
 
 def test_idle_files_are_closed_and_reopened(tmp_path):

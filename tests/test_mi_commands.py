@@ -181,3 +181,68 @@ def test_limits_over_the_mi(server_factory):
     assert call(server, "raise_event", ["E_TEST", ["123456789"]]) == {
         "code": 413, "message": "Params too large",
         "data": "the parameters take 9 bytes, more than [limits] max_params_bytes (8)"}
+
+
+def test_which_with_a_command_gives_its_parameter_recipes(server):
+    assert call(server, "which", ["event_subscribe"]) == [["event", "socket"],
+                                                          ["event", "socket", "expire"]]
+    assert call(server, "which", {"command": "events_list"}) == [[]]
+    assert call(server, "which", ["nope"]) == {"code": 404, "message": "unknown MI command"}
+    # the 1.x which takes no input: its lines are ignored
+    assert text(server, b":which:\nevent_subscribe\n") == text(server, b":which:\n")
+
+
+
+def evi_dispatcher(*events, **parts):
+    """
+    The EVI commands over a L{memory_evi}, behind a dispatcher:
+    C{(dispatcher, evi, clock, transport)}.
+    """
+    from evsrv.mi.commands import EVICommands
+    from evsrv.mi.controller import MIController
+    from evsrv.mi.dispatch import MIDispatcher
+    from evsrv.testing import memory_evi
+    from evsrv.util.statistics import Statistics
+    evi, clock, transport = memory_evi(*events, **parts)
+    controller = MIController(Statistics())
+    for command in EVICommands(evi).commands():
+        controller.register(command)
+    return MIDispatcher(controller), evi, clock, transport
+
+
+def request(method, params):
+    return json.dumps({"jsonrpc": "2.0", "method": method, "id": 1,
+                       "params": params}).encode()
+
+
+def test_a_subscription_the_store_could_not_write_is_a_500(tmp_path, logged_errors):
+    from twisted.internet.task import Clock
+    from evsrv.persistence import SubscriptionJournal
+    from evsrv.util.statistics import Statistics
+    from tests.test_persistence import FailingDatabase, sync_runner
+    clock = Clock()
+    db = FailingDatabase(tmp_path / "s.sqlite")
+    journal = SubscriptionJournal(db, clock, Statistics(), 0.01, run=sync_runner)
+    dispatcher, evi, clock, _ = evi_dispatcher("E_X", clock=clock, journal=journal)
+    answers = []
+    dispatcher.handle(request("event_subscribe", ["E_X", "test:a", 60])).addBoth(answers.append)
+    assert answers == []  # answered once the write is done
+    clock.advance(0.01)
+    error = json.loads(answers[0])["error"]
+    assert (error["code"], error["message"]) == (500, "Subscription not stored")
+    assert "disk I/O error" in error["data"]
+    assert evi.store.size == 0
+    logged_errors.flush()  # the journal logs the disk error
+    db.failing = False
+    result_of(journal.close())
+
+
+def test_a_raise_whose_delivery_fails_later_is_answered_and_logged(logged_errors):
+    from twisted.internet.defer import fail
+    dispatcher, evi, clock, transport = evi_dispatcher("E_X")
+    result_of(evi.subscribe("E_X", "test:a"))
+    transport.deliver = lambda notification, subscriptions: fail(RuntimeError("lost"))
+    reply = json.loads(result_of(dispatcher.handle(request("raise_event", ["E_X"]))))
+    assert reply["result"] == "OK"  # the MI answers at once, as OpenSIPS
+    from twisted.logger import formatEvent
+    assert [formatEvent(e) for e in logged_errors.flush()] == ["raise_event E_X failed"]

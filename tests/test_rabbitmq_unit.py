@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
 from evsrv.interfaces import BadSocket
+from evsrv.transports.kit import ByteBudget
 from evsrv.util.statistics import Statistics
 from evsrv.transports.rabbitmq import (DOWN, READY, STOPPED, BrokerRefused, PublishDropped,
                                        PublishNacked, RabbitMQTransport, amqp_spec,
@@ -123,10 +124,12 @@ class FakeService:
         return succeed(None)
 
 
-def make_transport(**kw):
+def make_transport(max_queued_bytes=None, **kw):
     clock = Clock()
     statistics = Statistics()
     options = dict(window=2, queue_size=3, max_age=10.0)
+    if max_queued_bytes is not None:
+        options["budget"] = ByteBudget(max_queued_bytes, statistics)
     options.update(kw)
     transport = RabbitMQTransport("rabbitmq", clock, statistics, **options)
     return transport, clock, statistics
@@ -217,6 +220,40 @@ def test_bounded_queue_drops_oldest_and_max_age(logged_errors):
     assert statistics.get([f"evi_rabbitmq:{conn.label}:dropped"])[
         f"evi_rabbitmq:{conn.label}:dropped"] == 5
     assert not clock.getDelayedCalls()
+
+
+def test_queued_and_unconfirmed_are_charged_to_the_byte_budget():
+    transport, clock, statistics = make_transport(max_queued_bytes=25, queue_size=10)
+    conn = connection_of(transport)
+    conn.service = FakeService()
+    protocol, channel = fake_connect(conn)
+    results = [conn.publish(b"", b"q", b"m%d" % i + b"." * 8) for i in range(3)]  # 10 bytes
+    assert [p[2][:2] for p in protocol.published] == [b"m0", b"m1"]  # window 2, one queued
+    assert statistics.value("evi_rabbitmq:queued_bytes") == 20  # the third did not fit
+    assert results[2].result.check(PublishDropped)
+    assert results[2].result.getErrorMessage() == \
+        "byte budget of 25 bytes full ([limits] max_queued_bytes)"
+    results[2].addErrback(lambda f: None)
+    label = conn.label
+    assert statistics.value(f"evi_rabbitmq:{label}:dropped") == 1
+    conn._lost(protocol, "Connection lost")  # queued again: still held, charged once
+    assert statistics.value("evi_rabbitmq:queued_bytes") == 20
+    protocol, channel = fake_connect(conn)
+    conn._confirmed(protocol, channel, 2, True, True)
+    assert [result_of(d) for d in results[:2]] == [True, True]
+    assert statistics.value("evi:queued_bytes") == 0
+
+
+def test_deliver_counts_what_the_byte_budget_drops():
+    transport, clock, statistics = make_transport(max_queued_bytes=10, queue_size=10)
+    evi = EventInterface(clock, {"rabbitmq": transport}, statistics)
+    evi.publish("E_TEST")
+    sub = result_of(evi.subscribe("E_TEST", "rabbitmq:127.0.0.1/a"))
+    sub.address.connection.service = FakeService()
+    report = result_of(evi.raise_event("E_TEST", {"n": 1}))  # 50 bytes of JSON
+    assert (report.dropped, sub.dropped) == (1, 1)
+    assert sub.last_error == "byte budget of 10 bytes full ([limits] max_queued_bytes)"
+    assert statistics.value("evi_rabbitmq:notifications_dropped") == 1
 
 
 def test_channel_error_fails_the_culprit_and_keeps_the_others():

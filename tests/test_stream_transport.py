@@ -23,6 +23,7 @@ from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
 from evsrv.util.statistics import Statistics
 from evsrv.config import ConfigError
+from evsrv.transports.kit import ByteBudget
 from evsrv.transports.stream import ReplyParser, StreamTransport, tcpTransport
 from tests.conftest import BASE_INI, make_config
 from tests.test_evi import result_of
@@ -36,11 +37,13 @@ def settings(**overrides):
     return values
 
 
-def make_evi(clock=None, scheme="tcp", **overrides):
+def make_evi(clock=None, scheme="tcp", max_queued_bytes=None, **overrides):
     clock = clock or MemoryReactorClock()
     statistics = Statistics()
     body = "json" if scheme == "tcp" else "jsonrpc24"
-    transport = StreamTransport(scheme, scheme, body, settings(**overrides), statistics, clock)
+    budget = None if max_queued_bytes is None else ByteBudget(max_queued_bytes, statistics)
+    transport = StreamTransport(scheme, scheme, body, settings(**overrides), statistics, clock,
+                                budget)
     evi = EventInterface(clock, {scheme: transport}, statistics)
     evi.publish("E_TEST")
     evi.publish("E_OTHER")
@@ -227,6 +230,41 @@ def test_waiting_too_long_counts_as_failed():
     # nothing left to send: the retry finds an empty queue and goes idle
     refuse(clock) if len(clock.tcpClients) > 1 else None
     assert all(not c.active() or c.func.__name__ == "_connect" for c in clock.getDelayedCalls())
+
+
+def test_queued_notifications_are_charged_to_the_byte_budget():
+    size = len(b'{"jsonrpc":"2.0","method":"E_TEST","params":["0"]}')
+    evi, clock, transport = make_evi(max_queued_bytes=3 * size, queue_size=10)
+    sub = result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    reports = [evi.raise_event("E_TEST", [str(i)]) for i in range(4)]  # connecting: queued
+    stats = evi.statistics
+    assert stats.value("evi_tcp:queued_bytes") == stats.value("evi:queued_bytes") == 3 * size
+    report = result_of(reports[3])  # the one that did not fit
+    assert report.dropped == 1 and report.errors == [
+        ("tcp:127.0.0.1:7000", f"byte budget of {3 * size} bytes full "
+                               "([limits] max_queued_bytes)")]
+    _, wire = connect(clock)
+    assert [o["params"] for o in objects(wire.value())] == [["0"], ["1"], ["2"]]
+    assert stats.value("evi:queued_bytes") == 0  # written: given back
+    assert (sub.sent, sub.dropped) == (3, 1) and counters(evi) == (3, 0, 1)
+    d = evi.raise_event("E_TEST", ["x" * (10 * size)])  # written at once: never held
+    assert result_of(d).delivered == 1
+
+
+def test_reliable_unanswered_stay_charged_until_their_reply():
+    evi, clock, transport = make_evi(max_queued_bytes=10 ** 6, reliable=True)
+    result_of(evi.subscribe("E_TEST", "tcp:127.0.0.1:7000"))
+    d = evi.raise_event("E_TEST", ["a"])
+    protocol, wire = connect(clock)
+    charged = len(wire.value())
+    assert evi.statistics.value("evi_tcp:queued_bytes") == charged
+    protocol.connectionLost(Failure(ConnectionDone()))  # sent again later: still held
+    assert evi.statistics.value("evi_tcp:queued_bytes") == charged
+    clock.advance(transport.reconnect_delay)
+    protocol, wire = connect(clock)
+    protocol.dataReceived(b'{"jsonrpc":"2.0","result":"ok","id":1}')
+    assert result_of(d).delivered == 1 and evi.statistics.value("evi_tcp:queued_bytes") == 0
+    transport.stopService()
 
 
 # -- unit: fail_fast (what a virtual FAILOVER/ROUND-ROBIN member asks for) --------------

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError as Refused
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from evsrv.evi import EventInterface
@@ -152,6 +153,26 @@ def test_failover_member_failing_again_after_timeout_is_skipped_again(fx):
     result_of(fx.raise_(3))  # skipped
     assert sub.address.members[0].subscription.failed == 2
     assert [v for v, _ in fx.received(fx.b)] == ["1", "2", "3"]
+
+
+def test_a_failing_member_is_logged_once_per_spell_and_when_it_delivers_again(fx):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        fx.subscribe("virtual:FAILOVER a:1 b:2")
+        fx.a.fail.add("a:1")
+        for _ in range(3):
+            result_of(fx.raise_(1))
+            fx.clock.advance(30)  # tried again each time, failing again
+        fx.a.fail.clear()
+        result_of(fx.raise_(2))
+        result_of(fx.raise_(3))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("member") == "a:1"]
+    assert lines == [
+        "virtual:FAILOVER a:1 b:2: member a:1 failed (refused by test); skipped for 30.0 s",
+        "virtual:FAILOVER a:1 b:2: member a:1 delivers again"]
 
 
 def test_failover_asynchronous_member_failure(fx, logged_errors):

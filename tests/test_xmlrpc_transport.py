@@ -30,19 +30,22 @@ from twisted.python.failure import Failure
 from evsrv.evi import EventInterface
 from evsrv.evi.params import make_params
 from evsrv.interfaces import BadSocket
+from evsrv.transports.kit import ByteBudget
 from evsrv.util.statistics import Statistics
 from evsrv.transports.xmlrpc import (
-    ANSWER_LIMIT, HEAD_LIMIT, IDLE_TIMEOUT, XMLRPCTransport, xmlrpc_arguments, xmlrpcTransport)
+    ANSWER_LIMIT, HEAD_LIMIT, IDLE_TIMEOUT, XMLRPCTransport, xmlrpc_arguments, xmlrpc_body,
+    xmlrpc_params, xmlrpcTransport)
 from tests.conftest import until
 from tests.test_evi import result_of
 
 
-def make_evi(**overrides):
+def make_evi(max_queued_bytes=None, **overrides):
     clock = MemoryReactorClock()
     values = {k: coerce(default) for k, (default, coerce, _) in xmlrpcTransport.options.items()}
     values.update(overrides)
     statistics = Statistics()
-    transport = XMLRPCTransport("xmlrpc", values, statistics, clock)
+    budget = None if max_queued_bytes is None else ByteBudget(max_queued_bytes, statistics)
+    transport = XMLRPCTransport("xmlrpc", values, statistics, clock, budget)
     evi = EventInterface(clock, {"xmlrpc": transport}, statistics)
     evi.publish("E_TEST")
     return evi, clock, transport
@@ -378,6 +381,31 @@ def test_in_flight_limit_queue_and_drops():
     assert report.failed == 1 and report.errors[0][1] == "connection refused"
     assert len(clock.tcpClients) == 3
     assert (sub.failed, sub.dropped) == (1, 2)
+
+
+def test_calls_in_flight_and_waiting_are_charged_to_the_byte_budget():
+    body = len(xmlrpc_body("m", xmlrpc_params(("E_TEST", "a" * 1000))))
+    limit = 2 * body + body // 2  # room for two: one in flight, one waiting
+    evi, clock, transport = make_evi(max_queued_bytes=limit, max_in_flight=1)
+    result_of(evi.subscribe("E_TEST", "xmlrpc:127.0.0.1:8081:m"))
+    first = evi.raise_event("E_TEST", ["a" * 1000])
+    protocol, wire = connect(clock)
+    assert len(wire.value().split(b"\r\n\r\n", 1)[1]) == body  # the body held for the call
+    assert evi.statistics.value("evi_xmlrpc:queued_bytes") == body
+    second = evi.raise_event("E_TEST", ["b" * 1000])
+    third = evi.raise_event("E_TEST", ["c" * 1000])
+    assert evi.statistics.value("evi:queued_bytes") == 2 * body
+    assert result_of(third).errors == [
+        ("xmlrpc:127.0.0.1:8081:m", f"byte budget of {limit} bytes full "
+                                    "([limits] max_queued_bytes)")]
+    answer(protocol)
+    assert result_of(first).delivered == 1
+    assert evi.statistics.value("evi:queued_bytes") == body  # the second, now in flight
+    wire.clear()
+    answer(protocol)
+    assert result_of(second).delivered == 1 and evi.statistics.value("evi:queued_bytes") == 0
+    assert counters(evi) == (2, 0, 1)
+    transport.stopService()
 
 
 @pytest.mark.parametrize("reason,text", [

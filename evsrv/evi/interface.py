@@ -451,11 +451,16 @@ class EventInterface:
                 self._observe(report, notification.raised_at)
             return succeed(report)
 
+        # only the time is kept while deliveries settle: holding the
+        # notification would keep its parameters alive outside the queues'
+        # byte budget
+        raised_at = notification.raised_at
+
         def settled(outcomes):
             for outcome in outcomes:
                 report.add(outcome)
             if self._report_observers:
-                self._observe(report, notification.raised_at)
+                self._observe(report, raised_at)
             return report
         return gatherResults(pending, consumeErrors=True).addCallback(settled)
 

@@ -51,12 +51,16 @@ from evsrv.command import Command, MIError
 from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
+from evsrv.transports.kit import FailingSpell
 from evsrv.util.wire import from_bytes
 
 _OPEN_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
                | getattr(os, "O_NOCTTY", 0)
                # a FIFO without a reader would block open(2): fail instead (ENXIO)
                | getattr(os, "O_NONBLOCK", 0))
+# What a file's failing spell logs (kit.FailingSpell).
+WRITE_FAILING = "flatstore: cannot write to {path}: {reason} (retried at every raise; logged once)"
+WRITE_RECOVERED = "flatstore: writing to {path} again"
 
 
 def split_line(line, delimiter: str = ",") -> list:
@@ -125,7 +129,7 @@ class FlatstoreTransport(Service):
         self.write_errors = statistics.counter(group, "write_errors")
         self.rotations = statistics.counter(group, "rotations")
         statistics.gauge(group, "open_files", lambda: len(self.files))
-        self._failing = set()    # paths in a failing streak (logged once)
+        self._failing = {}    # path -> its FailingSpell, while writing to it fails
         self._reopen_all = False  # set by SIGHUP, acted on in the reactor thread
         self._idle = None
 
@@ -207,8 +211,7 @@ class FlatstoreTransport(Service):
         f.last_write = now
         self.lines_written.value += 1
         if path in self._failing:
-            self._failing.discard(path)
-            self._log.info("flatstore: writing to {path} again", path=path, transport=self.name)
+            self._failing.pop(path).success()
         return None
 
     def _truncate(self, f, done):
@@ -244,11 +247,12 @@ class FlatstoreTransport(Service):
     def _failed(self, path, error):
         reason = os.strerror(error.errno) if error.errno else str(error)
         self.write_errors.value += 1
-        if path not in self._failing:
-            self._failing.add(path)
-            self._log.warn("flatstore: cannot write to {path}: {reason} "
-                           "(retried at every raise; logged once)", path=path, reason=reason,
-                           transport=self.name)
+        spell = self._failing.get(path)
+        if spell is None:
+            spell = self._failing[path] = FailingSpell(
+                self._log, path, key="path", failing=WRITE_FAILING, recovered=WRITE_RECOVERED,
+                transport=self.name)
+        spell.failure("write", reason)  # logged once per failing streak, whatever the errors
         return reason
 
     def _close(self, path):

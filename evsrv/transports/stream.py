@@ -42,6 +42,11 @@ C{timeout} seconds gets its connection closed; every unanswered notification
 is sent again, same id, on the next connection (at least once delivery),
 up to C{retries} sends in all, then counts as failed.
 
+What a destination holds (queued, and in reliable mode unanswered) is
+charged to the server's byte budget (C{[limits] max_queued_bytes}, shared
+with every transport, L{evsrv.transports.kit.ByteBudget}): a notification
+that does not fit is dropped and counted. One written at once is not held.
+
 Every result (delivered, failed, dropped) reaches the subscriber's counters,
 the transport statistics and the Deferred[Outcome] of the C{deliver} call
 that sent it, so callers (the virtual transport, scripts) see real outcomes.
@@ -52,7 +57,6 @@ gracefully, so that what Twisted still buffers reaches the peer; at the
 deadline whatever is left is reported, then dropped when the transport stops.
 """
 
-import collections
 import json
 
 from twisted.application.service import Service
@@ -64,7 +68,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from evsrv import encoding
-from evsrv.evi.notification import Outcome
 from evsrv.evi.params import Param
 from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainable,
@@ -72,87 +75,12 @@ from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainabl
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import split_host_port
 from evsrv.transports.factories import TransportFactory
-from evsrv.transports.kit import DrainResult, wait_drained
+from evsrv.transports.kit import (FAILED, ByteBudget, DrainResult, Entry, FailingSpell,
+                                  PendingQueue, QueueRules, Settlement, wait_drained)
 
 MAX_REPLY_BUFFER = 65536  # bytes of one unfinished reply kept in reliable mode
 MAX_ID = 2 ** 31 - 1      # ids stay positive 32-bit ints, as OpenSIPS'
 STOPPING = "evsrv stopping"
-
-
-# -- delivery bookkeeping shared with the xmlrpc transport ------------------
-
-class DeliveryBatch:
-    """
-    The results of one C{deliver} call: each subscription's notification is
-    settled exactly once (delivered, failed or dropped), now or later.
-    L{result} is the Outcome itself when everything settled at once, else a
-    Deferred firing with it when the last one settles.
-    """
-    __slots__ = ("outcome", "pending", "deferred", "counters")
-
-    def __init__(self, counters):
-        self.outcome = Outcome()
-        self.pending = 0
-        self.deferred = None
-        self.counters = counters
-
-    def delivered(self, sub):
-        self.outcome.sent_to(sub)
-        self.counters.sent.value += 1
-        self._settled()
-
-    def failed(self, sub, reason):
-        self.outcome.failed_for(sub, reason)
-        self.counters.failed.value += 1
-        self._settled()
-
-    def dropped(self, sub, reason):
-        self.outcome.dropped_for(sub, reason)
-        self.counters.dropped.value += 1
-        self._settled()
-
-    def _settled(self):
-        self.pending -= 1
-        if self.pending == 0 and self.deferred is not None:
-            d, self.deferred = self.deferred, None
-            d.callback(self.outcome)
-
-    def result(self):
-        if self.pending == 0:
-            return self.outcome
-        self.deferred = Deferred()
-        return self.deferred
-
-
-class Health:
-    """
-    Whether a destination works, so that a failing one is logged once when it
-    starts failing (or fails differently) and once when it recovers, never
-    once per notification.
-    """
-    __slots__ = ("log", "where", "transport", "kind", "failures")
-
-    def __init__(self, log, where, transport=None):
-        self.log = log
-        # the destination's text, logged as the "socket" field
-        self.where = where
-        self.transport = transport
-        self.kind = None
-        self.failures = 0
-
-    def failure(self, kind, reason):
-        self.failures += 1
-        if kind != self.kind:
-            self.kind = kind
-            self.log.warn("{socket}: {reason} (logged once until it changes or recovers)",
-                          socket=self.where, transport=self.transport, reason=reason)
-
-    def success(self):
-        if self.kind is not None:
-            self.log.info("{socket}: works again after {count} failure(s)",
-                          socket=self.where, transport=self.transport, count=self.failures)
-            self.kind = None
-            self.failures = 0
 
 
 # -- ini coercers ------------------------------------------------------------
@@ -275,38 +203,30 @@ def _complete_value_end(text, pos):
     return None
 
 
-class _Entry:
+class _Entry(Entry):
     """
     One notification for one subscription, queued or on the wire.
 
     @ivar fail_fast: the caller has somewhere else to send it (a virtual
         member): fail it when the destination is down instead of waiting.
     """
-    __slots__ = ("payload", "sub", "batch", "id", "queued_at", "sends", "fail_fast")
+    __slots__ = ("payload", "id", "sends", "fail_fast")
 
-    def __init__(self, payload, sub, batch, notification_id, now, fail_fast=False):
-        self.payload = payload
+    def __init__(self, payload, sub, settlement, notification_id, now, fail_fast=False):
+        # (Entry's fields set here: one call less per notification)
         self.sub = sub
-        self.batch = batch
-        self.id = notification_id
+        self.settlement = settlement
         self.queued_at = now
+        self.size = 0
+        self.share = None
+        self.payload = payload
+        self.id = notification_id
         self.sends = 0
         self.fail_fast = fail_fast
 
-    def delivered(self):
-        batch, self.batch = self.batch, None
-        if batch is not None:
-            batch.delivered(self.sub)
 
-    def failed(self, reason):
-        batch, self.batch = self.batch, None
-        if batch is not None:
-            batch.failed(self.sub, reason)
-
-    def dropped(self, reason):
-        batch, self.batch = self.batch, None
-        if batch is not None:
-            batch.dropped(self.sub, reason)
+def _fails_fast(entry):
+    return entry.fail_fast
 
 
 class _StreamProtocol(Protocol):
@@ -382,12 +302,12 @@ class _Peer:
         self.state = "idle"
         self.protocol = None
         self.connector = None
-        self.queue = collections.deque()
+        self.queue = PendingQueue(transport._rules, self)
         self.unanswered = {}  # id -> entry, in send order
         self.failures = 0     # consecutive connect failures (backoff exponent)
         self.connect_error = None  # why the last connect failed (fail_fast entries)
-        self.health = Health(transport._log, label, transport.name)
-        self._retry = self._expiry = self._reply_timer = None
+        self.spell = FailingSpell(transport._log, label, transport=transport.name)
+        self._retry = self._reply_timer = None
         self._closed = None   # Deferred fired when the connection is gone (stop)
         self._aborted = False  # we closed it ourselves (already logged why)
         self.closing = False   # draining: closed once written out, write no more
@@ -396,9 +316,11 @@ class _Peer:
     # -- sending -------------------------------------------------------------
 
     def send(self, entry):
-        t = self.transport
         self.last_used = entry.queued_at
-        if not self.queue and self._can_write():
+        if not self.queue.entries and self._can_write():
+            # (without reliable mode it settles in _write: nothing is held)
+            if self.transport.reliable and not self.queue.admit(entry, len(entry.payload)):
+                return
             self._write(entry)
             return
         if entry.fail_fast and self.state == "waiting" and self.failures:
@@ -408,13 +330,8 @@ class _Peer:
             # queue are left as they are.
             entry.failed(self._down_reason())
             return
-        self.queue.append(entry)
-        if len(self.queue) > t.queue_size:
-            oldest = self.queue.popleft()
-            oldest.dropped(f"queue full ({t.queue_size} waiting for {self.label})")
-        if self.state == "idle":
-            self._connect()
-        self._arm_expiry()
+        if self.queue.add(entry, len(entry.payload)) and self.state == "idle":
+            self._connect()  # (not for one the byte budget dropped)
 
     def _can_write(self):
         return (self.state == "connected" and not self.closing and not self.protocol.paused
@@ -434,10 +351,12 @@ class _Peer:
 
     def flush(self):
         queue = self.queue
-        while queue and self._can_write():
-            self._write(queue.popleft())
-        if not queue:
-            self._cancel("_expiry")
+        entries = queue.entries
+        while entries and self._can_write():
+            entry = queue.pop()
+            if entry is None:
+                break
+            self._write(entry)
 
     # -- the connection ------------------------------------------------------
 
@@ -457,7 +376,7 @@ class _Peer:
         self.failures = 0
         self.transport.connections += 1
         if not self.transport.reliable:
-            self.health.success()
+            self.spell.success()
         self.flush()
 
     def connect_failed(self, connector, reason):
@@ -467,17 +386,11 @@ class _Peer:
             return
         self.failures += 1
         self.connect_error = f"cannot connect: {reason.getErrorMessage()}"
-        self.health.failure("connect", self.connect_error)
-        if any(entry.fail_fast for entry in self.queue):
-            # Their callers have another member to try: this attempt's
-            # outcome is their answer (the others wait for the reconnects).
-            kept = collections.deque()
-            failing = []
-            for entry in self.queue:
-                (failing if entry.fail_fast else kept).append(entry)
-            self.queue = kept
-            for entry in failing:
-                entry.failed(self.connect_error)
+        self.spell.failure("connect", self.connect_error)
+        # Callers with another member to try: this attempt's outcome is
+        # their answer (the others wait for the reconnects).
+        for entry in self.queue.remove(_fails_fast):
+            entry.failed(self.connect_error)
         self._after_disconnect()
 
     def _down_reason(self):
@@ -504,29 +417,25 @@ class _Peer:
                 else:
                     again.append(entry)
             self.unanswered = {}
-            now = self.transport.reactor.seconds()
-            for entry in reversed(again):
-                entry.queued_at = now
-                self.queue.appendleft(entry)
+            # their queue_timeout starts over
+            self.queue.push_front(again, self.transport.reactor.seconds())
         if self._closed is not None:
             self.state = "idle"
             self._closed.callback(None)
             return
         if not self._aborted and (not reason.check(ConnectionDone) or self.queue):
-            self.health.failure("lost", f"connection lost: {reason.getErrorMessage()}")
+            self.spell.failure("lost", f"connection lost: {reason.getErrorMessage()}")
         self._after_disconnect()
 
     def _after_disconnect(self):
         if not self.queue:
             self.state = "idle"  # the next notification reconnects
-            self._cancel("_expiry")  # nothing left to age (e.g. all failed fast)
             self.transport._forget(self)
             return
         t = self.transport
         delay = min(t.reconnect_max_delay, t.reconnect_delay * 2 ** max(self.failures - 1, 0))
         self.state = "waiting"
         self._retry = t.reactor.callLater(delay, self._connect)
-        self._arm_expiry()
 
     # -- reliable mode ---------------------------------------------------------
 
@@ -546,14 +455,14 @@ class _Peer:
         else:
             entry.delivered()
             self.failures = 0
-            self.health.success()
+            self.spell.success()
         if not self.unanswered:
             self._cancel("_reply_timer")
         self.flush()
         return True
 
     def protocol_error(self, protocol, reason):
-        self.health.failure("protocol", f"closing the connection: {reason}")
+        self.spell.failure("protocol", f"closing the connection: {reason}")
         self._aborted = True
         protocol.transport.abortConnection()
 
@@ -574,33 +483,10 @@ class _Peer:
             return
         # A peer that does not answer in time gets a new connection; what it
         # left unanswered is sent again there (at least once).
-        self.health.failure("timeout", f"no reply within {self.transport.timeout} s, "
-                                       "reconnecting to send again")
+        self.spell.failure("timeout", f"no reply within {self.transport.timeout} s, "
+                                      "reconnecting to send again")
         self._aborted = True
         self.protocol.transport.abortConnection()
-
-    # -- the queue's age limit -------------------------------------------------
-
-    def _arm_expiry(self):
-        if self._expiry is None and self.queue:
-            t = self.transport
-            oldest = min(entry.queued_at for entry in self.queue)
-            delay = max(0.0, oldest + t.queue_timeout - t.reactor.seconds())
-            self._expiry = t.reactor.callLater(delay, self._expire)
-
-    def _expire(self):
-        self._expiry = None
-        t = self.transport
-        limit = t.reactor.seconds() - t.queue_timeout
-        kept = collections.deque()
-        expired = []
-        for entry in self.queue:
-            (expired if entry.queued_at <= limit else kept).append(entry)
-        self.queue = kept
-        reason = f"not sent within {t.queue_timeout} s ({self.label} {self.state})"
-        for entry in expired:
-            entry.failed(reason)
-        self._arm_expiry()
 
     # -- stopping --------------------------------------------------------------
 
@@ -649,8 +535,8 @@ class _Peer:
                      else "disconnected, reconnecting")
         else:
             state = self.state
-        if self.health.kind is not None and self.state != "waiting":
-            state += f", {self.health.kind} failing"
+        if self.spell.failing and self.state != "waiting":
+            state += f", {self.spell.kind} failing"
         return count, state
 
     def idle(self, now) -> bool:
@@ -667,8 +553,9 @@ class _Peer:
         Close a quiet connection gracefully (what Twisted still buffers is
         written first) and forget the destination.
         """
-        for name in ("_retry", "_expiry", "_reply_timer"):
+        for name in ("_retry", "_reply_timer"):
             self._cancel(name)
+        self.queue.close()
         self.transport._peers.pop((self.host, self.port), None)
         if self.state == "connected" and self.protocol is not None:
             self._aborted = True  # ours: not a failure to log
@@ -685,12 +572,11 @@ class _Peer:
         once the connection is gone.
         """
         self._closed = Deferred()
-        for name in ("_retry", "_expiry", "_reply_timer"):
+        for name in ("_retry", "_reply_timer"):
             self._cancel(name)
-        for entry in list(self.unanswered.values()) + list(self.queue):
+        unanswered, self.unanswered = self.unanswered, {}
+        for entry in list(unanswered.values()) + self.queue.clear():
             entry.dropped(STOPPING)
-        self.queue.clear()
-        self.unanswered = {}
         if self.state == "connecting" and self.connector is not None:
             self.connector.stopConnecting()
         elif self.protocol is not None:
@@ -708,7 +594,7 @@ class StreamTransport(Service):
     """
     _log = Logger()
 
-    def __init__(self, name, scheme, body, settings, statistics, reactor):
+    def __init__(self, name, scheme, body, settings, statistics, reactor, budget=None):
         self.name = name
         self.schemes = (scheme,)
         self.scheme = scheme
@@ -725,6 +611,14 @@ class StreamTransport(Service):
         self.event_param = settings["event_param"] or None
         self.idle_timeout = settings.get("idle_timeout", 300.0)
         self.counters = TransportCounters(statistics, name)
+        budget = ByteBudget() if budget is None else budget
+        # a timed-out notification failed: its destination did not take it
+        self._rules = QueueRules(
+            self.queue_size, budget.share(statistics, name), reactor,
+            lambda peer: f"queue full ({self.queue_size} waiting for {peer.label})",
+            max_age=self.queue_timeout, expired=FAILED,
+            expired_reason=lambda peer: (f"not sent within {self.queue_timeout} s "
+                                         f"({peer.label} {peer.state})"))
         group = f"evi_{name}"
         self.connections = 0
         statistics.gauge(group, "connections", lambda: self.connections)
@@ -796,8 +690,7 @@ class StreamTransport(Service):
             off after one, with the connect error as the reason, instead of
             waiting up to C{queue_timeout} for a reconnect.
         """
-        batch = DeliveryBatch(self.counters)
-        batch.pending = len(subscriptions)
+        batch = Settlement(self.counters, len(subscriptions))
         if self._stopped:
             for sub in subscriptions:
                 batch.dropped(sub, STOPPING)
@@ -834,14 +727,14 @@ class StreamTransport(Service):
         """
         for peer in list(self._peers.values()):
             yield {"destination": peer.label, "connected": int(peer.state == "connected"),
-                   "failing": int(peer.health.kind is not None), "queued": len(peer.queue),
+                   "failing": int(peer.spell.failing), "queued": len(peer.queue),
                    "unanswered": len(peer.unanswered)}
 
     def _forget(self, peer):
         # An idle peer with nothing to send costs nothing to rebuild; keeping
         # it would grow the table with every address ever subscribed. A peer
         # that is failing is kept so that it is not logged again.
-        if peer.health.kind is None and self._peers.get((peer.host, peer.port)) is peer:
+        if not peer.spell.failing and self._peers.get((peer.host, peer.port)) is peer:
             del self._peers[(peer.host, peer.port)]
 
     def _close_idle(self):
@@ -932,7 +825,7 @@ def _options():
 def _builder(scheme, body):
     def build(settings, context):
         return StreamTransport(scheme, scheme, body, settings, context.statistics,
-                               context.reactor)
+                               context.reactor, context.budget)
     return build
 
 

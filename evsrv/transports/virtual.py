@@ -61,19 +61,21 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from evsrv.evi.notification import Outcome
 from evsrv.evi.subscriptions import Destination, Subscription
 from evsrv.interfaces import (BadSocket, DestinationRefused, ICounted, IDrainable,
                               IEventTransport, IFailFast, IListing, IPeerHosts)
 from evsrv.util.coercers import seconds
 from evsrv.transports import TransportCounters
 from evsrv.transports.factories import TransportFactory
-from evsrv.transports.kit import DrainResult
+from evsrv.transports.kit import DELIVERED, DROPPED, FAILED, DrainResult, FailingSpell, Settlement
 
 PARALLEL, FAILOVER, ROUND_ROBIN = "PARALLEL", "FAILOVER", "ROUND-ROBIN"
 POLICIES = (PARALLEL, FAILOVER, ROUND_ROBIN)
 _BLANKS = re.compile(r"[ \t]+")
-SENT, FAILED, DROPPED = "sent", "failed", "dropped"
+# What a member's failing spell logs (FailingSpell: once when it is first
+# skipped, once when it delivers again).
+MEMBER_FAILING = "{socket}: member {member} failed ({reason}); skipped for {seconds} s"
+MEMBER_RECOVERED = "{socket}: member {member} delivers again"
 
 
 class VirtualKey:
@@ -107,8 +109,9 @@ class Member:
     One member socket of one virtual subscription.
 
     @ivar down_until: clock time before which it is skipped (0: not skipped).
+    @ivar spell: its L{FailingSpell} once it has failed.
     """
-    __slots__ = ("text", "transport", "destination", "subscription", "down_until")
+    __slots__ = ("text", "transport", "destination", "subscription", "down_until", "spell")
 
     def __init__(self, text, transport, destination):
         self.text = text
@@ -116,6 +119,7 @@ class Member:
         self.destination = destination
         self.subscription = None
         self.down_until = 0.0
+        self.spell = None
 
     def subscription_for(self, event):
         sub = self.subscription
@@ -205,8 +209,7 @@ class VirtualTransport:
     # -- delivering ---------------------------------------------------------
 
     def deliver(self, notification, subscriptions):
-        outcome = Outcome()
-        pending = []
+        settlement = Settlement(self.counters, len(subscriptions))
         for sub in subscriptions:
             group = sub.address
             if group.policy == PARALLEL:
@@ -214,24 +217,18 @@ class VirtualTransport:
             else:
                 result = self._in_order(group, self._order(group), notification, sub)
             if isinstance(result, Deferred):
-                pending.append(result.addCallback(self._account, sub, outcome))
+                result.addCallback(_settle, settlement, sub).addErrback(
+                    self._bug, settlement, sub)
             else:
-                self._account(result, sub, outcome)
-        if not pending:
-            return outcome
-        return DeferredList(pending, consumeErrors=True).addCallback(lambda _: outcome)
+                settlement.settle(sub, *result)
+        return settlement.result()
 
-    def _account(self, result, sub, outcome):
-        status, reason = result
-        if status == SENT:
-            outcome.sent_to(sub)
-            self.counters.sent.value += 1
-        elif status == DROPPED:
-            outcome.dropped_for(sub, reason)
-            self.counters.dropped.value += 1
-        else:
-            outcome.failed_for(sub, reason)
-            self.counters.failed.value += 1
+    def _bug(self, failure, settlement, sub):
+        # (the policy code never fails a result: this is a bug of ours, and
+        # the subscriber's notification must still settle)
+        self._log.failure("{socket}: virtual delivery failed", failure, socket=sub.socket,
+                          transport=self.name, event=sub.event.name)
+        settlement.failed(sub, f"internal error: {failure.getErrorMessage()}")
 
     def _order(self, group):
         """
@@ -283,15 +280,14 @@ class VirtualTransport:
 
     def _judge(self, result, group, member, sub, reasons):
         status, reason, late_failure = result
-        if status == SENT:
+        if status == DELIVERED:
             if late_failure:
                 self._mark_down(group, member, sub, reason)
             elif member.down_until:
                 member.down_until = 0.0
-                self._log.info("{socket}: member {member} delivers again",
-                               socket=sub.socket, member=member.text, transport=self.name,
-                               event=sub.event.name)
-            return SENT, None
+                if member.spell is not None:
+                    member.spell.success()
+            return DELIVERED, None
         reasons.append((status, f"{member.text}: {reason}"))
         self._mark_down(group, member, sub, reason)
         return None
@@ -299,12 +295,12 @@ class VirtualTransport:
     def _mark_down(self, group, member, sub, reason):
         if not self.failover_timeout:
             return
-        if member.down_until <= self.clock.seconds():
-            # logged once per failing spell, not once per raise
-            self._log.warn("{socket}: member {member} failed ({reason}); skipped for "
-                           "{seconds} s", socket=sub.socket, member=member.text,
-                           transport=self.name, event=sub.event.name,
-                           reason=reason, seconds=self.failover_timeout)
+        if member.spell is None:
+            member.spell = FailingSpell(self._log, sub.socket, failing=MEMBER_FAILING,
+                                        recovered=MEMBER_RECOVERED, member=member.text,
+                                        transport=self.name, event=sub.event.name)
+        # logged once per failing spell, not once per raise
+        member.spell.failure("failed", reason, seconds=self.failover_timeout)
         member.down_until = self.clock.seconds() + self.failover_timeout
 
     @staticmethod
@@ -324,9 +320,9 @@ class VirtualTransport:
     def _combine(self, group, results):
         reasons = [(status, f"{member.text}: {reason}")
                    for member, (status, reason, _) in zip(group.members, results)
-                   if status != SENT]
+                   if status != DELIVERED]
         if not reasons:
-            return SENT, None
+            return DELIVERED, None
         if any(s == FAILED for s, _ in reasons):
             return FAILED, "; ".join(r for _, r in reasons)[:500]
         return DROPPED, "; ".join(r for _, r in reasons)[:500]
@@ -375,11 +371,15 @@ class VirtualTransport:
 def _verdict(outcome, msub, failed_before):
     late_failure = msub.failed > failed_before
     if outcome.delivered >= 1 and not outcome.failed and not outcome.dropped:
-        return SENT, msub.last_error if late_failure else None, late_failure
+        return DELIVERED, msub.last_error if late_failure else None, late_failure
     reason = outcome.errors[0][1] if outcome.errors else (msub.last_error or "not delivered")
     if outcome.dropped and not outcome.failed:
         return DROPPED, reason, False
     return FAILED, reason, False
+
+
+def _settle(result, settlement, sub):
+    settlement.settle(sub, *result)
 
 
 def _build(settings, context):

@@ -30,12 +30,14 @@ socket text) has at most C{max_in_flight} calls open, so at most that many
 connections; more notifications wait behind them in a queue of
 C{queue_size}, and when that is full the oldest waiting one is dropped and
 counted. So a slow or hanging destination costs one connection per call
-slot and a bounded queue, and never delays another destination. A failing
-destination is logged once when it starts failing (or fails differently)
-and once when it works again, never once per notification.
+slot and a bounded queue, and never delays another destination. The bodies
+of the calls in flight and queued are charged to the server's byte budget
+(C{[limits] max_queued_bytes}): a notification that does not fit is dropped
+and counted. A failing destination is logged once when it starts failing
+(or fails differently) and once when it works again, never once per
+notification.
 """
 
-import collections
 import re
 import xmlrpc.client
 
@@ -61,8 +63,9 @@ from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainabl
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import parse_port
 from evsrv.transports.factories import TransportFactory
-from evsrv.transports.stream import STOPPING, DeliveryBatch, Health, count, seconds
-from evsrv.transports.kit import DrainResult, wait_drained
+from evsrv.transports.stream import STOPPING, count, seconds
+from evsrv.transports.kit import (ByteBudget, DrainResult, Entry, FailingSpell, PendingQueue,
+                                  QueueRules, Settlement, wait_drained)
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 DEFAULT_PATH = "/RPC2"  # what OpenSIPS posts to when the socket names no path
@@ -456,8 +459,8 @@ class _Call:
             self._fail("answer", f"bad answer: {type(e).__name__}: {e}"[:200])
         else:
             self._close()
-            self.destination.health.success()
-            self.job.batch.delivered(self.job.sub)
+            self.destination.spell.success()
+            self.job.delivered()
             self.destination._done(self)
 
     def _answer_failed(self, kind, text):
@@ -472,15 +475,15 @@ class _Call:
         if self.settled:
             return
         self._close()
-        self.destination.health.failure(kind, text)
-        self.job.batch.failed(self.job.sub, text)
+        self.destination.spell.failure(kind, text)
+        self.job.failed(text)
         self.destination._done(self)
 
     def stop(self):
         if self.settled:
             return
         self._close()
-        self.job.batch.dropped(self.job.sub, STOPPING)
+        self.job.dropped(STOPPING)
         self.destination._done(self)
 
     def _close(self):
@@ -498,13 +501,16 @@ class _Call:
             answer.abort()
 
 
-class _Job:
-    __slots__ = ("body", "sub", "batch")
+class _Job(Entry):
+    """
+    One call's body for one subscription, queued or in flight (no age
+    limit: a call in flight has its own C{timeout}).
+    """
+    __slots__ = ("body",)
 
-    def __init__(self, body, sub, batch):
+    def __init__(self, body, sub, settlement):
+        super().__init__(sub, settlement, 0.0)
         self.body = body
-        self.sub = sub
-        self.batch = batch
 
 
 class _XMLRPCDestination:
@@ -524,19 +530,17 @@ class _XMLRPCDestination:
                                 b"User-Agent": [USER_AGENT],
                                 b"Content-Type": [CONTENT_TYPE]})
         self.calls = set()  # _Call in flight
-        self.queue = collections.deque()
-        self.health = Health(transport._log, key, transport.name)
+        self.queue = PendingQueue(transport._rules, self)
+        self.spell = FailingSpell(transport._log, key, transport=transport.name)
 
     def send(self, job):
-        t = self.transport
-        if len(self.calls) < t.max_in_flight:
+        # the body is held until the call settles, queued or in flight
+        if not self.queue.admit(job, len(job.body)):
+            return  # dropped: the byte budget is full
+        if len(self.calls) < self.transport.max_in_flight:
             self._call(job)
             return
-        self.queue.append(job)
-        if len(self.queue) > t.queue_size:
-            oldest = self.queue.popleft()
-            oldest.batch.dropped(oldest.sub, f"queue full ({t.queue_size} waiting behind "
-                                             f"{t.max_in_flight} calls)")
+        self.queue.push(job)
 
     def _call(self, job):
         call = _Call(self, job)
@@ -546,15 +550,15 @@ class _XMLRPCDestination:
     def _done(self, call):
         t = self.transport
         self.calls.discard(call)
-        while self.queue and not t._stopped and len(self.calls) < t.max_in_flight:
-            self._call(self.queue.popleft())
-        if not self.calls and not self.queue:
+        queue = self.queue
+        while queue.entries and not t._stopped and len(self.calls) < t.max_in_flight:
+            self._call(queue.pop())
+        if not self.calls and not queue.entries:
             t._idle(self)
 
     def close(self):
-        for job in self.queue:
-            job.batch.dropped(job.sub, STOPPING)
-        self.queue.clear()
+        for job in self.queue.clear():
+            job.dropped(STOPPING)
         for call in list(self.calls):
             call.stop()
 
@@ -579,7 +583,7 @@ class XMLRPCTransport(Service):
     _log = Logger()
     schemes = ("xmlrpc",)
 
-    def __init__(self, name, settings, statistics, reactor):
+    def __init__(self, name, settings, statistics, reactor, budget=None):
         self.name = name
         self.reactor = reactor
         self.connect_timeout = settings["connect_timeout"]
@@ -587,6 +591,11 @@ class XMLRPCTransport(Service):
         self.max_in_flight = settings["max_in_flight"]
         self.queue_size = settings["queue_size"]
         self.counters = TransportCounters(statistics, name)
+        budget = ByteBudget() if budget is None else budget
+        self._rules = QueueRules(
+            self.queue_size, budget.share(statistics, name), reactor,
+            lambda destination: (f"queue full ({self.queue_size} waiting behind "
+                                 f"{self.max_in_flight} calls)"))
         # derived from the destinations (one is only forgotten when it has
         # nothing in flight or queued), so they can never drift
         statistics.gauge(f"evi_{name}", "in_flight",
@@ -621,8 +630,7 @@ class XMLRPCTransport(Service):
         return (destination.address[0],)
 
     def deliver(self, notification, subscriptions):
-        batch = DeliveryBatch(self.counters)
-        batch.pending = len(subscriptions)
+        batch = Settlement(self.counters, len(subscriptions))
         if self._stopped:
             for sub in subscriptions:
                 batch.dropped(sub, STOPPING)
@@ -649,7 +657,7 @@ class XMLRPCTransport(Service):
     def _idle(self, destination):
         # Nothing in flight: forget a healthy destination (a failing one is
         # kept so that its next failure is not logged again).
-        if destination.health.kind is None and \
+        if not destination.spell.failing and \
                 self._destinations.get(destination.key) is destination:
             del self._destinations[destination.key]
 
@@ -666,7 +674,7 @@ class XMLRPCTransport(Service):
         for destination in list(self._destinations.values()):
             yield {"destination": destination.key, "in_flight": len(destination.calls),
                    "queued": len(destination.queue),
-                   "failing": int(destination.health.kind is not None)}
+                   "failing": int(destination.spell.failing)}
 
     def drain(self, deadline):
         """
@@ -685,8 +693,8 @@ class XMLRPCTransport(Service):
             for d in self._destinations.values():
                 if d.calls or d.queue:
                     state = f"{len(d.calls)} call(s) unanswered"
-                    if d.health.kind is not None:
-                        state += f", {d.health.kind} failing"
+                    if d.spell.failing:
+                        state += f", {d.spell.kind} failing"
                     result.add(d.key, len(d.calls) + len(d.queue), state)
             return result
         return wait_drained(self.reactor, deadline, drained).addCallback(left)
@@ -711,7 +719,8 @@ class XMLRPCTransport(Service):
 
 
 def _build(settings, context):
-    return XMLRPCTransport("xmlrpc", settings, context.statistics, context.reactor)
+    return XMLRPCTransport("xmlrpc", settings, context.statistics, context.reactor,
+                           context.budget)
 
 
 xmlrpcTransport = TransportFactory(
