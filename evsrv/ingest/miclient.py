@@ -31,10 +31,9 @@ from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from evsrv import encoding
+from evsrv.util.web import BytesBody
 
 MAX_REPLY = 1024 * 1024  # bytes of an HTTP MI answer
 
@@ -240,26 +239,6 @@ class DatagramMIClient:
         return maybeDeferred(listening.stopListening)
 
 
-@implementer(IBodyProducer)
-class _Body:
-    def __init__(self, data):
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer):
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
 class _BoundedBody(Protocol):
     """
     Reads an HTTP body of at most L{MAX_REPLY} bytes.
@@ -313,7 +292,7 @@ class HTTPMIClient:
         if self._closed:
             return fail(MIUnavailable("the client is closed"))
         self._next_id = self._next_id % (2 ** 31 - 1) + 1
-        body = _Body(_request(method, params, self._next_id))
+        body = BytesBody(_request(method, params, self._next_id))
         d = self._agent.request(b"POST", self.url.encode(),
                                 Headers({b"Content-Type": [b"application/json"]}), body)
 

@@ -77,6 +77,8 @@ from evsrv.transports.datagram import split_host_port
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.kit import (FAILED, ByteBudget, DrainResult, Entry, FailingSpell,
                                   PendingQueue, QueueRules, Settlement, wait_drained)
+from evsrv.util.coercers import positive_seconds as seconds
+from evsrv.util.coercers import seconds_or_never
 
 MAX_REPLY_BUFFER = 65536  # bytes of one unfinished reply kept in reliable mode
 MAX_ID = 2 ** 31 - 1      # ids stay positive 32-bit ints, as OpenSIPS'
@@ -92,25 +94,6 @@ def yes_no(text: str) -> bool:
     if value in ("no", "false", "off", "0"):
         return False
     raise ValueError("must be yes or no")
-
-
-def seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 86400:
-        raise ValueError("must be a number of seconds above 0 (at most 86400)")
-    return value
-
-
-def seconds_or_never(text: str) -> float:
-    """
-    Like L{seconds}, and C{0} for "never" (the timer is off).
-    """
-    value = float(text)
-    if value == 0:
-        return 0.0
-    if not 0 < value <= 86400:
-        raise ValueError("must be 0 (never) or a number of seconds above 0 (at most 86400)")
-    return value
 
 
 def count(low: int, high: int):

@@ -43,7 +43,7 @@ import xmlrpc.client
 
 from twisted.application.service import Service
 from twisted.internet import error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -54,7 +54,7 @@ from twisted.web.client import (
     Agent, HTTPConnectionPool, PotentialDataLoss, RequestNotSent, RequestTransmissionFailed,
     ResponseDone, ResponseFailed, ResponseNeverReceived)
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from evsrv.evi.subscriptions import Destination
@@ -63,9 +63,11 @@ from evsrv.interfaces import (BadSocket, ICounted, IDestinationReport, IDrainabl
 from evsrv.transports import TransportCounters, resolve_once
 from evsrv.transports.datagram import parse_port
 from evsrv.transports.factories import TransportFactory
-from evsrv.transports.stream import STOPPING, count, seconds
+from evsrv.transports.stream import STOPPING, count
+from evsrv.util.coercers import positive_seconds as seconds
 from evsrv.transports.kit import (ByteBudget, DrainResult, Entry, FailingSpell, PendingQueue,
                                   QueueRules, Settlement, wait_drained)
+from evsrv.util.web import BytesBody
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 DEFAULT_PATH = "/RPC2"  # what OpenSIPS posts to when the socket names no path
@@ -204,32 +206,6 @@ def _may_repeat(reason) -> bool:
     if not reason.check(ResponseNeverReceived, RequestTransmissionFailed):
         return False
     return all(r.check(error.ConnectionClosed) for r in reason.value.reasons)
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """
-    A request body already in memory, written at once (and again if the
-    call is repeated).
-    """
-    __slots__ = ("body", "length")
-
-    def __init__(self, body):
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer):
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
 
 
 class _Guard(ProtocolWrapper):
@@ -421,7 +397,7 @@ class _Call:
         t = d.transport
         opened = t._opened
         try:
-            request = t._agent.request(b"POST", d.url, d.headers, _Body(self.job.body))
+            request = t._agent.request(b"POST", d.url, d.headers, BytesBody(self.job.body))
         except Exception as e:  # e.g. a URI Twisted refuses
             self._fail("error", f"cannot send: {e}"[:200])
             return
