@@ -237,7 +237,7 @@ def test_rotate_known_and_unknown_paths(fx, tmp_path):
     fx.subscribe("flatstore:x.log")
     assert not fx.flat.rotate("y.log")
     # known through its subscription even before the file is open
-    fx.flat.context = type("C", (), {"evi": fx.evi})()
+    fx.flat.events.bind(fx.evi)
     assert fx.flat.rotate("x.log")
     result_of(fx.evi.raise_event("E_TEST", ["1"]))
     os.rename(tmp_path / "x.log", tmp_path / "x.log.1")

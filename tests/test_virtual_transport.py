@@ -36,7 +36,7 @@ class Fixture:
         self.virtual = VirtualTransport("virtual", self.statistics, self.clock, failover_timeout)
         self.evi = EventInterface(self.clock, {"a": self.a, "b": self.b,
                                                "virtual": self.virtual}, self.statistics)
-        self.virtual._evi = self.evi
+        self.virtual.events.bind(self.evi)
         self.evi.publish("E_TEST")
 
     def subscribe(self, socket_text):
@@ -72,7 +72,7 @@ def test_bare_unix_path_member_is_listed_as_unix():
     unix = UNIXTransport("unix", "json", statistics)
     virtual = VirtualTransport("virtual", statistics, Clock())
     evi = EventInterface(Clock(), {"unix": unix, "virtual": virtual}, statistics)
-    virtual._evi = evi
+    virtual.events.bind(evi)
     evi.publish("E_TEST")
     sub = result_of(evi.subscribe("E_TEST", "virtual:PARALLEL /tmp/x.sock unix:/tmp/y.sock"))
     assert sub.socket == "virtual:PARALLEL unix:/tmp/x.sock unix:/tmp/y.sock"

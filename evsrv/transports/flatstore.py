@@ -49,7 +49,7 @@ from evsrv.evi.subscriptions import Destination
 from evsrv.interfaces import BadSocket, ICounted, IEventTransport, IMICommands, IPeerHosts
 from evsrv.command import Command, MIError
 from evsrv.util.coercers import seconds
-from evsrv.transports import TransportCounters
+from evsrv.transports import LateBinding, TransportCounters
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.kit import FailingSpell
 from evsrv.util.wire import from_bytes
@@ -111,7 +111,7 @@ class FlatstoreTransport(Service):
     schemes = ("flatstore",)
 
     def __init__(self, name, statistics, reactor, base_dir, delimiter=",",
-                 suppress_event_name=False, file_mode=0o644, close_idle=60.0, context=None):
+                 suppress_event_name=False, file_mode=0o644, close_idle=60.0, events=None):
         self.name = name
         self.reactor = reactor
         self.base_dir = os.path.abspath(str(base_dir))
@@ -119,9 +119,10 @@ class FlatstoreTransport(Service):
         self.suppress_event_name = suppress_event_name
         self.file_mode = file_mode
         self.close_idle = close_idle
-        # context.evi (for evi_flat_rotate on a file not open right now)
-        # exists only once every transport is built: read it late
-        self.context = context
+        # the event interface (for evi_flat_rotate on a file not open right
+        # now) exists only once every transport is built: a LateBinding,
+        # read late
+        self.events = LateBinding("the event interface") if events is None else events
         self.files = {}
         self.counters = TransportCounters(statistics, name)
         group = f"evi_{name}"
@@ -292,7 +293,7 @@ class FlatstoreTransport(Service):
         return known
 
     def _subscribed(self, path) -> bool:
-        evi = getattr(self.context, "evi", None)
+        evi = self.events.get()
         if evi is None:
             return False
         now = evi.clock.seconds()
@@ -414,7 +415,7 @@ def _build(settings, context):
     return FlatstoreTransport(
         "flatstore", context.statistics, context.reactor, context.base_dir,
         settings["delimiter"], settings["suppress_event_name"], settings["file_mode"],
-        settings["close_idle"], context=context)
+        settings["close_idle"], events=context.event_interface)
 
 
 flatstoreTransport = TransportFactory(

@@ -65,7 +65,7 @@ from evsrv.evi.subscriptions import Destination, Subscription
 from evsrv.interfaces import (BadSocket, DestinationRefused, ICounted, IDrainable,
                               IEventTransport, IFailFast, IListing, IPeerHosts)
 from evsrv.util.coercers import seconds
-from evsrv.transports import TransportCounters
+from evsrv.transports import LateBinding, TransportCounters
 from evsrv.transports.factories import TransportFactory
 from evsrv.transports.kit import DELIVERED, DROPPED, FAILED, DrainResult, FailingSpell, Settlement
 
@@ -147,19 +147,23 @@ class VirtualTransport:
     _log = Logger()
     schemes = ("virtual",)
 
-    def __init__(self, name, statistics, clock, failover_timeout=30.0, context=None, evi=None):
+    def __init__(self, name, statistics, clock, failover_timeout=30.0, events=None):
+        """
+        @param events: a L{LateBinding} of the event interface (made after
+            every transport; the server binds it), through which members'
+            sockets are parsed.
+        """
         self.name = name
         self.clock = clock
         self.failover_timeout = failover_timeout
-        self.context = context
-        self._evi = evi
+        self.events = LateBinding("the event interface") if events is None else events
         self.counters = TransportCounters(statistics, name)
         self.failovers = statistics.counter(f"evi_{name}", "failovers")
 
     @property
     def evi(self):
         # The event interface is made after every transport: read it late.
-        return self._evi if self._evi is not None else getattr(self.context, "evi", None)
+        return self.events.get()
 
     # -- subscribing --------------------------------------------------------
 
@@ -384,7 +388,7 @@ def _settle(result, settlement, sub):
 
 def _build(settings, context):
     return VirtualTransport("virtual", context.statistics, context.reactor,
-                            settings["failover_timeout"], context=context)
+                            settings["failover_timeout"], events=context.event_interface)
 
 
 virtualTransport = TransportFactory(
