@@ -38,12 +38,12 @@ draining (e.g. waited longer than the transport's C{queue_timeout}).
 import os
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import (CancelledError, Deferred, DeferredList, inlineCallbacks,
-                                    maybeDeferred)
+from twisted.internet.defer import CancelledError, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from evsrv import exitstatus
 from evsrv.interfaces import ICounted, IDrainable
+# DRAIN_POLL and wait_drained stay importable from here (tests, embedding code)
 from evsrv.transports.kit import DRAIN_POLL, DrainResult, wait_drained  # noqa: F401
 
 DRAIN_GRACE = 0.25  # seconds after the deadline a transport may take to report
