@@ -659,8 +659,16 @@ class ModuleRun:
             return list(self.tests)  # module level: every test
         return sorted(tests, key=lambda t: (self.durations.get(t, 0.0), t))
 
-    def timeout(self):
-        return self.options.timeout or max(30.0, 3 * self.baseline + 15)
+    def timeout(self, tests):
+        """
+        Seconds a mutant's run may take: three times what its tests took
+        unmodified (traced, so already slower), plus the start-up.
+        """
+        if self.options.timeout:
+            return self.options.timeout
+        if tests == self.tests:
+            return max(30.0, 3 * self.baseline + 15)
+        return 20.0 + 3 * sum(self.durations.get(t, 1.0) for t in tests)
 
     def run_mutant(self, mutant, source):
         if _stop.is_set():
@@ -678,10 +686,10 @@ class ModuleRun:
         try:
             target.write_text(mutant.apply(source))
             rc, seconds, out = run_pytest(self.options.python, copy, PYTEST_ARGS + tests,
-                                          self.timeout())
+                                          self.timeout(tests))
             if rc in (4, 5) and tests != self.tests:  # a test id pytest cannot select
                 rc, more, out = run_pytest(self.options.python, copy, PYTEST_ARGS + self.tests,
-                                           self.timeout())
+                                           self.timeout(self.tests))
                 seconds += more
             mutant.seconds = seconds
             if _stop.is_set():
@@ -813,7 +821,8 @@ def main(argv=None):
     parser.add_argument("--tests", action="append",
                         help="test files to run instead of the module's own (repeatable)")
     parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds per mutant (default: 3 x the unmodified run + 15, >= 30)")
+                        help="seconds per mutant (default: 20 + 3 x what its tests took "
+                             "unmodified)")
     parser.add_argument("--baseline-timeout", type=float, default=600.0)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--keys", action="store_true",
