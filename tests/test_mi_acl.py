@@ -13,6 +13,7 @@ once, so the next datagram the client gets must be the served one's reply.
 import json
 import os
 import stat
+import warnings as pywarnings  # (warnings: the fixture below)
 
 import pytest
 import pytest_twisted
@@ -298,11 +299,17 @@ def test_a_stale_socket_file_is_replaced_a_served_one_is_not(tmpdir_short):
     stale.close()  # its file stays behind, as after a crash
     before = open_fds()
     protocol = mi_protocol(("ping", lambda call: "pong"))
-    port = listen_unix(reactor, protocol, path, 0o600)
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        port = listen_unix(reactor, protocol, path, 0o600)
     try:
-        with pytest.raises(ListenError, match="another process is serving it"):
-            listen_unix(reactor, DatagramCollector(), path, 0o600)
-        assert open_fds() == before + 1  # the probe sockets are closed
+        with pywarnings.catch_warnings(record=True) as more:
+            pywarnings.simplefilter("always")
+            with pytest.raises(ListenError, match="another process is serving it"):
+                listen_unix(reactor, DatagramCollector(), path, 0o600)
+        # the probe sockets are closed, not left to the garbage collector
+        assert open_fds() == before + 1
+        assert [w for w in caught + more if issubclass(w.category, ResourceWarning)] == []
         client = DatagramCollector()
         client_path = str(tmpdir_short / "client.sock")
         client_port = reactor.listenUNIXDatagram(client_path, client)
